@@ -1,0 +1,1 @@
+"""Named experiment presets (Hydra configs in experiment/), found on Hydra's search path as pkg://experiments."""

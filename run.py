@@ -1,0 +1,58 @@
+"""Train one transfer-learning experiment: compose the config, build the parts, train, track.
+
+python run.py                                   # the offline default
+python run.py strategy=frozen lr=1e-2           # change any option or key
+python run.py -m strategy=finetune,frozen lr=1e-3,1e-2   # a sweep: one parent MLflow run
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tl.errors import find_user_error
+from tl.trainer import seed_everything
+
+log = logging.getLogger("tl")
+
+
+def train(cfg: DictConfig) -> float:
+    seed_everything(cfg.seed)
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model, num_classes=len(data.classes))
+    train_loader, val_loader = data.loaders(model.preprocess, seed=cfg.seed)
+    strategy = instantiate(cfg.strategy)
+    optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
+    schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
+    trainer = instantiate(cfg.trainer)
+
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    with instantiate(cfg.tracking, overrides=overrides) as tracker:
+        tracker.log_config(cfg, choices=dict(hydra_cfg.runtime.choices), overrides=overrides,
+                           hydra_dir=Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir))  # fmt: skip
+        result = trainer.fit(model, strategy, optimizer, schedule, train_loader, val_loader, tracker)
+        tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
+    return result.best_val_acc
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("error: %s", user_error)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

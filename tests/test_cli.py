@@ -1,0 +1,103 @@
+"""End-to-end: `python run.py` as a user runs it, against a temporary MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, cwd: Path, mlflow_uri: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    command = [sys.executable, str(ROOT / "run.py"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny(image_folder: Path) -> list[str]:
+    return [
+        "data=image_folder",
+        f"data.root={image_folder}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "batch_size=6",
+    ]
+
+
+def runs(mlflow_uri: str) -> list:
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("tl")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(tmp_path, image_folder, mlflow_uri):
+    result = run_cli(*tiny(image_folder), "epochs=2", "strategy=frozen", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(mlflow_uri)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == ",".join([*tiny(image_folder), "epochs=2", "strategy=frozen"])
+    params = run.data.params
+    assert params["strategy"] == "frozen" and params["model"] == "efficientnet_lite0" and params["lr"] == "0.001"
+    assert params["data.root"] == str(image_folder) and params["optimizer.momentum"] == "0.9"
+    assert "epochs=2" in run.data.tags["tl.overrides"]
+    client = MlflowClient(mlflow_uri)
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    assert 0.0 <= run.data.metrics["best_val_acc"] <= 1.0
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "config"} <= artifacts
+    checkpoint_path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.pt")
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["classes"] == ["ants", "bees", "wasps"] and checkpoint["preprocess"]["input_size"] == 32
+    config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config/hydra")}
+    assert {"config/hydra/config.yaml", "config/hydra/overrides.yaml"} <= config_files
+
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 3)  # a batch size other than the example's
+    assert list((tmp_path / "outputs" / "runs").glob("*/*/run.log"))  # Hydra's run folder under outputs/
+
+
+def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folder, mlflow_uri):
+    sweep = ["-m", "strategy=finetune,frozen", "lr=1e-3,1e-2", "epochs=1"]
+    result = run_cli(*sweep, *tiny(image_folder), cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    all_runs = runs(mlflow_uri)
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 4 and len(all_runs) == 5
+    assert all(child.info.status == "FINISHED" for child in children)
+    names = {child.info.run_name for child in children}
+    assert names == {f"strategy={s},lr={lr}" for s in ("finetune", "frozen") for lr in ("0.001", "0.01")}
+    assert {(c.data.params["strategy"], c.data.params["lr"]) for c in children} == {
+        (s, lr) for s in ("finetune", "frozen") for lr in ("0.001", "0.01")
+    }
+
+
+def test_bad_input_is_one_line_no_traceback_and_no_run_left_running(tmp_path, mlflow_uri):
+    result = run_cli("data=image_folder", f"data.root={tmp_path / 'missing'}", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and str(tmp_path / "missing") in errors[0] and "train/ and val/" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert all(r.info.status != "RUNNING" for r in runs(mlflow_uri))
+
+
+def test_default_run_reaches_the_promised_accuracy_on_fashion_sample(tmp_path, mlflow_uri):
+    """The README's main command, unchanged: the offline default on the shipped data."""
+    result = run_cli(cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(mlflow_uri)
+    assert run.info.status == "FINISHED" and run.info.run_name == "defaults"
+    assert run.data.metrics["best_val_acc"] >= 0.75

@@ -1,0 +1,73 @@
+"""Every option of every config group composes and instantiates; presets carry the tutorial's recipe."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import CONF_DIR, compose_config, make_image_folder
+from tl.data import ImageFolderData
+from tl.models import TransferModel
+from tl.schedulers import Schedule
+from tl.tracking import MlflowTracker
+
+GROUPS = ["model", "strategy", "optimizer", "scheduler", "data", "tracking"]
+# Options that need a value no default can give (an architecture, a folder), and models kept offline.
+NEEDS = {
+    ("model", "torchvision"): ["model.name=mobilenet_v3_small", "model.pretrained=false"],
+    ("model", "timm"): ["model.name=resnet10t", "model.pretrained=false"],
+    ("model", "resnet18"): ["model.pretrained=false"],
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_the_documented_options():
+    assert options("model") == ["efficientnet_lite0", "resnet18", "timm", "torchvision"]
+    assert options("strategy") == ["finetune", "frozen", "gradual", "partial"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
+    assert options("data") == ["fashion_sample", "hymenoptera", "image_folder"]
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_option_composes_and_instantiates(tmp_path, group, option):
+    root = make_image_folder(tmp_path / "data", {"train": 2, "val": 1})
+    make_image_folder(tmp_path / "cache" / "hymenoptera_data", {"train": 2, "val": 1})
+    cfg = compose_config(
+        [
+            f"{group}={option}",
+            f"data.root={root}" if option == "image_folder" else "lr=1e-3",
+            *NEEDS.get((group, option), []),
+        ]
+        + ([f"data.cache_dir={tmp_path / 'cache'}"] if option == "hymenoptera" else [])
+    )
+    data = instantiate(cfg.data)
+    assert isinstance(data, ImageFolderData)
+    model = instantiate(cfg.model, num_classes=len(data.classes))
+    assert isinstance(model, TransferModel)
+    assert model.network(torch.randn(2, 3, 64, 64)).shape == (2, len(data.classes))
+    strategy = instantiate(cfg.strategy)
+    optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=3)
+    assert isinstance(schedule, Schedule)
+    assert isinstance(instantiate(cfg.tracking), MlflowTracker)
+
+
+def test_top_level_lr_reaches_the_optimizer():
+    cfg = compose_config(["lr=1e-2", "optimizer=adamw"])
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.param_groups[0]["lr"] == 1e-2
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "frozen"])
+def test_tutorial_presets_carry_the_tutorials_exact_recipe(strategy):
+    cfg = compose_config([f"+experiment=tutorial_{strategy}"])
+    assert cfg.model.name == "resnet18" and cfg.model._target_ == "tl.models.torchvision_model"
+    assert cfg.strategy._target_ == f"tl.strategies.{strategy.capitalize()}"
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 1e-3 and cfg.optimizer.momentum == 0.9
+    assert (cfg.scheduler._target_, cfg.scheduler.step_size, cfg.scheduler.gamma) == ("tl.schedulers.step", 7, 0.1)
+    assert (cfg.batch_size, cfg.epochs, cfg.data.batch_size) == (4, 25, 4)
+    assert cfg.data._target_ == "tl.data.hymenoptera" and cfg.data.image_size is None

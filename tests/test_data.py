@@ -1,0 +1,134 @@
+import functools
+import hashlib
+import http.server
+import shutil
+import threading
+
+import pytest
+import torch
+from torchvision.datasets import FashionMNIST
+
+from tests.conftest import make_image_folder
+from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder
+from tl.errors import TLError
+from tl.models import Preprocess
+
+PRE = Preprocess(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def test_fashion_sample_ships_all_ten_classes_in_imagefolder_layout():
+    data = fashion_sample(batch_size=8)
+    expected = sorted(name.replace("/", "_").replace(" ", "_") for name in FashionMNIST.classes)
+    assert data.classes == expected and "T-shirt_top" in expected and "Ankle_boot" in expected
+    for split, count in (("train", 100), ("val", 40)):
+        for name in expected:
+            assert len(list((FASHION_SAMPLE_ROOT / split / name).glob("*.png"))) == count
+    train_names = {p.name for p in (FASHION_SAMPLE_ROOT / "train").rglob("*.png")}
+    val_names = {p.name for p in (FASHION_SAMPLE_ROOT / "val").rglob("*.png")}
+    assert not train_names & val_names  # no image in both splits
+    assert "MIT" in (FASHION_SAMPLE_ROOT / "NOTICE.md").read_text()
+    size = sum(p.stat().st_size for p in FASHION_SAMPLE_ROOT.rglob("*") if p.is_file())
+    assert size < 2_000_000
+
+
+def test_loaders_convert_every_mode_to_rgb_at_the_requested_size(image_folder):
+    data = image_folder_data(image_folder, image_size=32)
+    train, val = data.loaders(PRE, seed=0)
+    for loader in (train, val):
+        images, labels = next(iter(loader))
+        assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
+    assert len(train.dataset) == 18 and len(val.dataset) == 9
+    assert data.classes == ["ants", "bees", "wasps"]
+
+
+def image_folder_data(root, **kwargs):
+    return image_folder(str(root), batch_size=4, **kwargs)
+
+
+def test_validation_transform_is_resize_then_centre_crop_from_the_weights_config(image_folder):
+    _, val = image_folder_data(image_folder, image_size=112).transforms(PRE)
+    names = [type(t).__name__ for t in val.transforms]
+    assert names[:2] == ["Resize", "CenterCrop"]
+    assert val.transforms[0].size == [128] and tuple(val.transforms[1].size) == (112, 112)
+    assert val.transforms[0].interpolation.value == "bicubic"
+
+
+def test_train_order_is_seeded(image_folder):
+    data = image_folder_data(image_folder, image_size=32)
+    first = [labels.tolist() for _, labels in data.loaders(PRE, seed=3)[0]]
+    again = [labels.tolist() for _, labels in data.loaders(PRE, seed=3)[0]]
+    assert first == again
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda root: shutil.rmtree(root), "does not exist"),
+        (lambda root: shutil.rmtree(root / "val"), "val is missing"),
+        (lambda root: shutil.rmtree(root / "val" / "bees"), "different class folders"),
+        (lambda root: [shutil.rmtree(root / s / c) for s in ("train", "val") for c in ("bees", "wasps")], "at least 2"),
+        (lambda root: [p.unlink() for p in (root / "train" / "bees").iterdir()], "hold no images"),
+    ],
+)
+def test_bad_layouts_are_one_clear_error_naming_the_path(image_folder, breakage, message):
+    breakage(image_folder)
+    with pytest.raises(TLError, match=message) as error:
+        image_folder_data(image_folder).loaders(PRE, seed=0)
+    assert str(image_folder) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.fixture
+def served_zip(tmp_path):
+    """hymenoptera_data.zip made locally and served on a loopback port."""
+    site = tmp_path / "site"
+    make_image_folder(tmp_path / "zip_src" / "hymenoptera_data")
+    shutil.make_archive(str(site / "hymenoptera_data"), "zip", tmp_path / "zip_src")
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hymenoptera_data.zip", site / "hymenoptera_data.zip", server
+    server.shutdown()
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # torchvision probes the URL with a GET it closes early: a broken pipe, not a failure
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def log_message(self, *args):
+        QuietHandler.requests.append(f"{self.command} {self.path}")
+
+
+def test_hymenoptera_downloads_once_checks_sha256_and_extracts(tmp_path, served_zip):
+    url, archive, _ = served_zip
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    data = hymenoptera(cache_dir=str(tmp_path / "cache"), url=url, sha256=digest, batch_size=4)
+    assert data.classes == ["ants", "bees", "wasps"]
+    assert data.root == tmp_path / "cache" / "hymenoptera_data"
+    QuietHandler.requests.clear()
+    hymenoptera(cache_dir=str(tmp_path / "cache"), url=url, sha256=digest, batch_size=4)
+    assert QuietHandler.requests == []  # the second call used the cache
+
+
+def test_hymenoptera_checksum_mismatch_removes_the_download(tmp_path, served_zip):
+    url, _, _ = served_zip
+    with pytest.raises(TLError, match="sha256"):
+        hymenoptera(cache_dir=str(tmp_path / "cache"), url=url, sha256="0" * 64, batch_size=4)
+    assert not list((tmp_path / "cache").glob("*.zip"))
+
+
+def test_hymenoptera_offline_says_where_to_put_the_folder(tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(TLError) as error:
+        hymenoptera(cache_dir=str(cache), url="http://127.0.0.1:9/hymenoptera_data.zip", batch_size=4)
+    assert str(cache / "hymenoptera_data" / "train") in str(error.value)
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # nothing half-written left behind
+
+
+def test_hymenoptera_uses_a_folder_put_there_by_hand(tmp_path):
+    make_image_folder(tmp_path / "cache" / "hymenoptera_data")
+    data = hymenoptera(cache_dir=str(tmp_path / "cache"), url="http://127.0.0.1:9/x.zip", batch_size=4)
+    assert data.classes == ["ants", "bees", "wasps"]

@@ -1,0 +1,101 @@
+"""Each strategy trains exactly the parameters it claims, and frozen parts do not move at all."""
+
+import pytest
+import torch
+
+from tl.models import efficientnet_lite0
+from tl.strategies import Finetune, Frozen, Gradual, Partial
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def train_steps(model, strategy, epoch: int, optimizer, steps: int = 2) -> None:
+    strategy.start_epoch(model, epoch)
+    torch.manual_seed(epoch)
+    for _ in range(steps):
+        images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model.network(images), labels).backward()
+        optimizer.step()
+
+
+def changed(before: dict[str, torch.Tensor], model) -> set[str]:
+    after = model.network.state_dict()
+    return {name for name, tensor in before.items() if not torch.equal(tensor, after[name])}
+
+
+def names_of(model, modules) -> set[str]:
+    ids = {id(t) for m in modules for t in [*m.parameters(), *m.buffers()]}
+    return {name for name, t in model.network.state_dict(keep_vars=True).items() if id(t) in ids}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return efficientnet_lite0(num_classes=3)
+
+
+def optimizer_for(strategy, model, lr=0.1):
+    return torch.optim.SGD(strategy.param_groups(model, lr), lr=lr, momentum=0.9)
+
+
+def test_frozen_keeps_backbone_weights_and_batchnorm_statistics_bit_identical(model):
+    strategy = Frozen()
+    before = snapshot(model.network)
+    train_steps(model, strategy, 0, optimizer_for(strategy, model))
+    head = names_of(model, [model.head])
+    assert changed(before, model) == head  # every backbone weight and BN buffer is untouched
+    assert any("running_mean" in name for name in before)  # there are BN statistics to check
+
+
+def test_frozen_gives_the_optimizer_only_the_head(model):
+    groups = Frozen().param_groups(model, 1e-3)
+    assert [p for g in groups for p in g["params"]] == list(model.head.parameters())
+
+
+def test_finetune_changes_backbone_weights(model):
+    strategy = Finetune()
+    before = snapshot(model.network)
+    train_steps(model, strategy, 0, optimizer_for(strategy, model))
+    moved = changed(before, model)
+    assert "conv_stem.weight" in moved and "bn1.running_mean" in moved
+    assert names_of(model, [model.head]) <= moved
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_partial_trains_exactly_the_last_n_blocks_and_head(model, n):
+    strategy = Partial(n=n)
+    before = snapshot(model.network)
+    optimizer = optimizer_for(strategy, model)
+    train_steps(model, strategy, 0, optimizer)
+    claimed = names_of(model, [*model.blocks[-n:], model.head])
+    assert changed(before, model) == claimed  # weights and BN statistics of those blocks, nothing else
+    trainable = {id(p) for p in model.network.parameters() if p.requires_grad}
+    assert trainable == {id(p) for m in [*model.blocks[-n:], model.head] for p in m.parameters()}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
+
+
+def test_partial_rejects_more_blocks_than_the_backbone_has(model):
+    from tl.errors import TLError
+
+    with pytest.raises(TLError, match="out of range"):
+        Partial(n=len(model.blocks) + 1).param_groups(model, 1e-3)
+
+
+def test_gradual_trains_head_first_then_everything_with_lower_backbone_lr(model):
+    strategy = Gradual(freeze_epochs=1, backbone_lr_mult=0.1)
+    optimizer = optimizer_for(strategy, model, lr=0.1)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"backbone": pytest.approx(0.01), "head": 0.1}
+
+    before = snapshot(model.network)
+    train_steps(model, strategy, 0, optimizer)
+    assert changed(before, model) == names_of(model, [model.head])
+
+    before = snapshot(model.network)
+    train_steps(model, strategy, 1, optimizer)
+    moved = changed(before, model)
+    assert "conv_stem.weight" in moved and "blocks.3.0.conv_pw.weight" in moved
+    assert names_of(model, [model.head]) <= moved

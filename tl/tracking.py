@@ -1,0 +1,194 @@
+"""Everything MLflow: one run per training, a parent run per sweep, params, metrics, artifacts."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from tl.models import Preprocess, TransferModel
+from tl.trainer import FitResult
+
+log = logging.getLogger(__name__)
+
+# How a sweep's parent run and swept keys reach its jobs (in this process or in launcher subprocesses).
+PARENT_RUN_ENV = "TL_MLFLOW_PARENT_RUN_ID"
+SWEEP_KEYS_ENV = "TL_SWEEP_KEYS"
+
+
+def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """`{"model": {"name": "x"}}` -> `{"model.name": "x"}`; Hydra's `_target_`-style keys are left out."""
+    plain = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    flat: dict[str, Any] = {}
+    for key, value in plain.items():
+        if str(key).startswith("_"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
+    """A run is named by its command-line overrides; a sweep's job by the swept ones only
+    (`strategy=frozen,lr=0.01`), as the parent run holds the rest."""
+    if sweep_keys:
+        overrides = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in sweep_keys]
+    return ",".join(overrides) or "defaults"
+
+
+def git_commit(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _use_store(uri: str | None, experiment: str) -> str:
+    # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
+    # the store that a plain `mlflow ui` opens in the same folder.
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.set_experiment(experiment).experiment_id
+
+
+class MlflowTracker:
+    """One MLflow run for one training, nested under the sweep's parent run when there is one.
+
+    Use as a context manager: the run ends FINISHED, KILLED on Ctrl-C, FAILED on any error.
+    """
+
+    def __init__(
+        self,
+        experiment: str = "tl",
+        uri: str | None = None,
+        overrides: list[str] | None = None,
+        parent_run_id: str | None = None,
+        sweep_keys: str | None = None,
+    ) -> None:
+        self.experiment = experiment
+        self.uri = uri
+        self.parent_run_id = parent_run_id
+        self.run_name = run_name(overrides or [], sweep_keys.split(",") if sweep_keys else None)
+        self.run_id: str | None = None
+
+    def __enter__(self) -> MlflowTracker:
+        _use_store(self.uri, self.experiment)
+        run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
+        self.run_id = run.info.run_id
+        log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, mlflow.get_tracking_uri())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            status = RunStatus.FINISHED
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+        mlflow.end_run(RunStatus.to_string(status))
+
+    def log_config(self, cfg: DictConfig, choices: dict[str, str], overrides: list[str], hydra_dir: Path) -> None:
+        """Params: the chosen option of each group and the resolved config, flattened.
+        Tags: the command-line overrides and the git commit. Artifacts: Hydra's config files."""
+        params = {group: option for group, option in choices.items() if not group.startswith("hydra")}
+        params.update(flatten(cfg))
+        mlflow.log_params({key: "None" if value is None else value for key, value in params.items()})
+        tags = {"tl.overrides": " ".join(overrides)}
+        commit = git_commit(Path.cwd())
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        mlflow.set_tags(tags)
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        if hydra_dir.is_dir():  # config.yaml (unresolved), hydra.yaml, overrides.yaml
+            mlflow.log_artifacts(str(hydra_dir), "config/hydra")
+
+    def log_result(
+        self, result: FitResult, model: TransferModel, classes: list[str], preprocess: Preprocess, val_set: Dataset
+    ) -> None:
+        """The best epoch's summary metrics, its checkpoint and the logged model."""
+        mlflow.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+        about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights}
+        checkpoint = {"state_dict": model.network.state_dict(), "best_val_acc": result.best_val_acc,
+                      "best_epoch": result.best_epoch, **about}  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "best.pt")
+            torch.save(checkpoint, path)
+            mlflow.log_artifact(str(path), "checkpoints")
+        example = torch.stack([val_set[i][0] for i in range(min(2, len(val_set)))])
+        self.log_model(model.network, example, metadata=about)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    def log_model(self, network: torch.nn.Module, input_example: torch.Tensor, metadata: dict[str, Any]) -> None:
+        """Log the model as a torch.export program (loads without tl or timm installed).
+
+        The example batch has 2 images: torch.export treats a size-1 dimension as a constant,
+        and the exported model would then refuse any other batch size.
+        """
+        if len(input_example) < 2:
+            raise ValueError("input_example needs at least 2 images for a dynamic batch dimension")
+        network = network.to("cpu").eval()
+        mlflow.pytorch.log_model(
+            network,
+            name="model",
+            input_example=input_example.cpu().numpy(),
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            metadata=metadata,
+        )
+
+
+class SweepParentRun(Callback):
+    """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it."""
+
+    def __init__(self, experiment: str = "tl", uri: str | None = None) -> None:
+        self.experiment = experiment
+        self.uri = uri
+        self.run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        experiment_id = _use_store(self.uri, self.experiment)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=f"sweep {overrides}".strip(),
+            tags={"tl.sweep_dir": str(sweep_dir.resolve()), "tl.overrides": overrides},
+        )
+        self.run_id = run.info.run_id
+        os.environ[PARENT_RUN_ENV] = self.run_id
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        os.environ[SWEEP_KEYS_ENV] = ",".join(o.key_or_group for o in parsed if o.is_sweep_override())
+        # If the sweep dies before on_multirun_end, the parent must not stay RUNNING.
+        atexit.register(self._end, RunStatus.FAILED)
+        log.info("MLflow sweep parent run %s", self.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._end(RunStatus.FINISHED)
+
+    def _end(self, status: int) -> None:
+        if self.run_id is None:
+            return
+        MlflowClient().set_terminated(self.run_id, RunStatus.to_string(status))
+        os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEEP_KEYS_ENV, None)
+        self.run_id = None
