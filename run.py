@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,10 +32,8 @@ def train(cfg: DictConfig) -> float:
     trainer = instantiate(cfg.trainer)
 
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    with instantiate(cfg.tracking, overrides=overrides) as tracker:
-        tracker.log_config(cfg, choices=dict(hydra_cfg.runtime.choices), overrides=overrides,
-                           hydra_dir=Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir))  # fmt: skip
+    with instantiate(cfg.tracking, overrides=list(hydra_cfg.overrides.task)) as tracker:
+        tracker.log_config(cfg, hydra_cfg)
         result = trainer.fit(model, strategy, optimizer, schedule, train_loader, val_loader, tracker)
         tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
     return result.best_val_acc

@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from tl.models import efficientnet_lite0
-from tl.tracking import MlflowTracker, flatten
+from tl.tracking import MlflowTracker, flatten, run_name
 
 
 def test_flatten_gives_dotted_keys_and_drops_hydra_keys():
@@ -14,11 +14,18 @@ def test_flatten_gives_dotted_keys_and_drops_hydra_keys():
     assert flatten(cfg) == {"lr": 0.1, "model.name": "resnet18", "model.inner.n": 2}
 
 
+def test_runs_are_named_by_overrides_and_sweep_jobs_by_the_swept_ones():
+    overrides = ["strategy=frozen", "lr=0.01", "epochs=1", "+experiment=x"]
+    assert run_name(overrides) == "strategy=frozen,lr=0.01,epochs=1,+experiment=x"
+    assert run_name(overrides, ["strategy", "lr"]) == "strategy=frozen,lr=0.01"
+    assert run_name([]) == "defaults"
+
+
 @pytest.mark.parametrize(
     ("raised", "status"), [(None, "FINISHED"), (RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")]
 )
 def test_run_ends_with_a_status_that_says_how_it_ended(mlflow_uri, raised, status):
-    tracker = MlflowTracker(experiment="t", uri=mlflow_uri, run_name="r")
+    tracker = MlflowTracker(experiment="t", uri=mlflow_uri, overrides=["lr=0.1"])
     try:
         with tracker:
             if raised:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -105,20 +106,21 @@ class MlflowTracker:
             status = RunStatus.FAILED
         mlflow.end_run(RunStatus.to_string(status))
 
-    def log_config(self, cfg: DictConfig, choices: dict[str, str], overrides: list[str], hydra_dir: Path) -> None:
+    def log_config(self, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
         """Params: the chosen option of each group and the resolved config, flattened.
-        Tags: the command-line overrides and the git commit. Artifacts: Hydra's config files."""
+        Tags: the command-line overrides and the git commit. Artifacts: the config files."""
+        choices = hydra_cfg.runtime.choices
         params = {group: option for group, option in choices.items() if not group.startswith("hydra")}
         params.update(flatten(cfg))
         mlflow.log_params({key: "None" if value is None else value for key, value in params.items()})
-        tags = {"tl.overrides": " ".join(overrides)}
-        commit = git_commit(Path.cwd())
+        tags = {"tl.overrides": " ".join(hydra_cfg.overrides.task), "tl.output_dir": hydra_cfg.runtime.output_dir}
+        commit = git_commit(Path(__file__).parent)  # the commit of the code that ran
         if commit:
             tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags(tags)
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-        if hydra_dir.is_dir():  # config.yaml (unresolved), hydra.yaml, overrides.yaml
-            mlflow.log_artifacts(str(hydra_dir), "config/hydra")
+        if hydra_cfg.output_subdir:  # Hydra's config.yaml (unresolved), hydra.yaml, overrides.yaml
+            mlflow.log_artifacts(str(Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir)), "config/hydra")
 
     def log_result(
         self, result: FitResult, model: TransferModel, classes: list[str], preprocess: Preprocess, val_set: Dataset
@@ -147,14 +149,17 @@ class MlflowTracker:
         if len(input_example) < 2:
             raise ValueError("input_example needs at least 2 images for a dynamic batch dimension")
         network = network.to("cpu").eval()
-        mlflow.pytorch.log_model(
-            network,
-            name="model",
-            input_example=input_example.cpu().numpy(),
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            metadata=metadata,
-        )
+        with warnings.catch_warnings():
+            # torch.export's archive writer warns about shared weights that are already on the CPU.
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+            mlflow.pytorch.log_model(
+                network,
+                name="model",
+                input_example=input_example.cpu().numpy(),
+                serialization_format="pt2",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                metadata=metadata,
+            )
 
 
 class SweepParentRun(Callback):

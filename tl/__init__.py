@@ -1,0 +1,1 @@
+"""tl: transfer learning for small image datasets as configurable, tracked experiments."""
