@@ -3,12 +3,14 @@
 python run.py                                   # the offline default
 python run.py strategy=frozen lr=1e-2           # change any option or key
 python run.py -m strategy=finetune,frozen lr=1e-3,1e-2   # a sweep: one parent MLflow run
+python run.py rerun=RUN_ID                      # the same run again, from its recorded config
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,12 +18,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tl.errors import find_user_error
+from tl.provenance import code_state, environment
+from tl.tracking import recorded_config
 from tl.trainer import seed_everything
 
 log = logging.getLogger("tl")
 
 
 def train(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
+    if cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
+        cfg, choices = recorded_config(cfg, overrides)
     seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
@@ -30,10 +38,13 @@ def train(cfg: DictConfig) -> float:
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
     trainer = instantiate(cfg.trainer)
+    code, dataset = code_state(Path(__file__).parent), data.fingerprint()
 
-    hydra_cfg = HydraConfig.get()
-    with instantiate(cfg.tracking, overrides=list(hydra_cfg.overrides.task)) as tracker:
-        tracker.log_config(cfg, hydra_cfg)
+    with instantiate(cfg.tracking, overrides=overrides) as tracker:
+        tracker.log_config(cfg, choices, hydra_cfg)
+        tracker.log_provenance(code, environment(trainer.device), dataset, model)
+        if cfg.rerun:
+            tracker.warn_if_changed(cfg.rerun, code, dataset, model)
         result = trainer.fit(model, strategy, optimizer, schedule, train_loader, val_loader, tracker)
         tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
     return result.best_val_acc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, cwd: Path, mlflow_uri: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, mlflow_uri: str, project: Path = ROOT, timeout: int = 600
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
-    command = [sys.executable, str(ROOT / "run.py"), *args]
+    command = [sys.executable, str(project / "run.py"), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -50,6 +53,12 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(tmp_p
     assert params["strategy"] == "frozen" and params["model"] == "efficientnet_lite0" and params["lr"] == "0.001"
     assert params["data.root"] == str(image_folder) and params["optimizer.momentum"] == "0.9"
     assert "epochs=2" in run.data.tags["tl.overrides"]
+    tags = run.data.tags
+    assert tags["tl.env.torch"] == torch.__version__ and tags["tl.env.device"] == "cpu" and tags["tl.env.cpu"]
+    assert tags["tl.dataset_counts.train"] == "ants=6 bees=6 wasps=6" and len(tags["tl.dataset_sha256"]) == 64
+    assert len(tags["tl.weights_sha256"]) == 64 and "efficientnet-lite0" in tags["tl.weights"]
+    if (ROOT / ".git").exists():
+        assert len(tags["mlflow.source.git.commit"]) == 40 and tags["tl.git_dirty"] in ("true", "false")
     client = MlflowClient(mlflow_uri)
     for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
@@ -92,6 +101,43 @@ def test_bad_input_is_one_line_no_traceback_and_no_run_left_running(tmp_path, ml
     assert len(errors) == 1 and str(tmp_path / "missing") in errors[0] and "train/ and val/" in errors[0]
     assert "Traceback" not in result.stderr
     assert all(r.info.status != "RUNNING" for r in runs(mlflow_uri))
+
+
+def metric_histories(run_id: str) -> dict[str, list[float]]:
+    client = MlflowClient()
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    return {key: [m.value for m in client.get_metric_history(run_id, key)] for key in keys}
+
+
+def test_rerun_repeats_the_original_exactly_from_its_recorded_config(tmp_path, image_folder, mlflow_uri):
+    # A copy of the project whose conf/ defaults can be changed between the run and the rerun.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "run.py", project)
+    shutil.copytree(ROOT / "conf", project / "conf")
+    shutil.copytree(ROOT / "experiments", project / "experiments")
+    first = run_cli(*tiny(image_folder), "epochs=2", cwd=tmp_path, mlflow_uri=mlflow_uri, project=project)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (original,) = runs(mlflow_uri)
+
+    sgd = project / "conf" / "optimizer" / "sgd.yaml"
+    sgd.write_text(sgd.read_text().replace("momentum: 0.9", "momentum: 0.5"))
+    config = project / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 1e-3", "lr: 0.05").replace("seed: 0", "seed: 7"))
+    again = run_cli(f"rerun={original.info.run_id}", cwd=tmp_path, mlflow_uri=mlflow_uri, project=project)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "differs" not in again.stderr
+    rerun = next(r for r in runs(mlflow_uri) if r.info.run_id != original.info.run_id)
+    assert rerun.data.tags["tl.rerun_of"] == original.info.run_id
+    for key in ("lr", "seed", "optimizer.momentum", "data.root", "strategy", "model"):
+        assert rerun.data.params[key] == original.data.params[key], key
+    assert metric_histories(rerun.info.run_id) == metric_histories(original.info.run_id)
+
+    shutil.copy(image_folder / "train" / "ants" / "0.png", image_folder / "train" / "ants" / "extra.png")
+    changed = run_cli(f"rerun={original.info.run_id}", "epochs=1", cwd=tmp_path, mlflow_uri=mlflow_uri, project=project)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    warnings = [line for line in changed.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "dataset: 1 file(s) differ: + train/ants/extra.png" in warnings[0]
 
 
 def test_default_run_reaches_the_promised_accuracy_on_fashion_sample(tmp_path, mlflow_uri):

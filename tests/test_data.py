@@ -41,8 +41,8 @@ def test_loaders_convert_every_mode_to_rgb_at_the_requested_size(image_folder):
     assert data.classes == ["ants", "bees", "wasps"]
 
 
-def image_folder_data(root, **kwargs):
-    return image_folder(str(root), batch_size=4, **kwargs)
+def image_folder_data(root, batch_size=4, **kwargs):
+    return image_folder(str(root), batch_size=batch_size, **kwargs)
 
 
 def test_validation_transform_is_resize_then_centre_crop_from_the_weights_config(image_folder):
@@ -132,3 +132,22 @@ def test_hymenoptera_uses_a_folder_put_there_by_hand(tmp_path):
     make_image_folder(tmp_path / "cache" / "hymenoptera_data")
     data = hymenoptera(cache_dir=str(tmp_path / "cache"), url="http://127.0.0.1:9/x.zip", batch_size=4)
     assert data.classes == ["ants", "bees", "wasps"]
+
+
+def test_fingerprint_tells_apart_datasets_that_differ_by_one_image(image_folder):
+    before = image_folder_data(image_folder).fingerprint()
+    assert before.counts == {"train": {"ants": 6, "bees": 6, "wasps": 6}, "val": {"ants": 3, "bees": 3, "wasps": 3}}
+    assert before.sha256 == image_folder_data(image_folder).fingerprint().sha256  # stable
+    shutil.copy(image_folder / "train" / "ants" / "0.png", image_folder / "train" / "ants" / "extra.png")
+    (image_folder / "val" / "bees" / "1.png").write_bytes((image_folder / "val" / "bees" / "2.png").read_bytes())
+    after = image_folder_data(image_folder).fingerprint()
+    assert after.sha256 != before.sha256 and after.counts["train"]["ants"] == 7
+    assert after.changes_from(before.files) == ["+ train/ants/extra.png", "~ val/bees/1.png"]
+
+
+def test_a_lone_last_training_image_is_dropped_so_batchnorm_can_train(image_folder):
+    shutil.copy(image_folder / "train" / "ants" / "0.png", image_folder / "train" / "ants" / "extra.png")
+    train, _ = image_folder_data(image_folder, image_size=32, batch_size=6).loaders(PRE, seed=0)  # 19 images
+    assert [len(labels) for _, labels in train] == [6, 6, 6]
+    train, _ = image_folder_data(image_folder, image_size=32, batch_size=5).loaders(PRE, seed=0)
+    assert [len(labels) for _, labels in train] == [5, 5, 5, 4]

@@ -7,9 +7,9 @@ from skimage import data as skimage_data
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
 
-from tl import models
 from tl.errors import TLError
 from tl.models import Preprocess, efficientnet_lite0, efficientnet_lite0_imagenet, timm_model, torchvision_model
+from tl.provenance import file_sha256
 
 
 @pytest.mark.parametrize(
@@ -108,4 +108,4 @@ def test_missing_weights_file_is_a_user_error():
 def test_sha256_of_shipped_weights_matches_file_name():
     # The package names the file after its digest (efficientnet-lite0-57934424.pth).
     _, path = efficientnet_lite0_imagenet()
-    assert models._sha256(path).startswith("57934424")
+    assert file_sha256(path).startswith("57934424")

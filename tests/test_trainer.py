@@ -81,3 +81,12 @@ def test_step_schedule_changes_lr_per_epoch_and_onecycle_per_batch():
 def test_non_finite_loss_stops_with_epoch_step_and_lr():
     with pytest.raises(TLError, match=r"loss is nan at epoch 1, step 1 \(lr=0.5\)"):
         fit(tiny_model(), epochs=1, fill=float("nan"))
+
+
+def test_seeded_fits_repeat_bit_for_bit():
+    histories = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        _, recorder, _ = fit(tiny_model(), epochs=2)
+        histories.append([{k: v for k, v in row.items() if "second" not in k} for _, row in recorder.rows])
+    assert histories[0] == histories[1]

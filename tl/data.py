@@ -8,24 +8,46 @@ so nothing about sizes or normalisation is typed twice.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import tempfile
 import urllib.error
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_url
 from torchvision.transforms import v2
 
 from tl.errors import TLError
 from tl.models import Preprocess
+from tl.provenance import file_sha256
+
+log = logging.getLogger(__name__)
 
 FASHION_SAMPLE_ROOT = Path(__file__).parent / "datasets" / "fashion_sample"
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+
+
+@dataclass
+class DatasetFingerprint:
+    sha256: str
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    files: list[tuple[str, int, str]]  # (path relative to the root, bytes, sha256), sorted
+
+    def changes_from(self, other_files: list[tuple[str, int, str]]) -> list[str]:
+        """What differs from another manifest: `+ added`, `- removed`, `~ changed` paths."""
+        ours = {path: digest for path, _, digest in self.files}
+        theirs = {path: digest for path, _, digest in other_files}
+        added = [f"+ {p}" for p in sorted(ours.keys() - theirs.keys())]
+        removed = [f"- {p}" for p in sorted(theirs.keys() - ours.keys())]
+        changed = [f"~ {p}" for p in sorted(ours.keys() & theirs.keys()) if ours[p] != theirs[p]]
+        return added + removed + changed
 
 
 class ImageFolderData:
@@ -68,6 +90,21 @@ class ImageFolderData:
             )
         return found["train"]
 
+    def fingerprint(self) -> DatasetFingerprint:
+        """A digest of every image the loaders read (relative path, size, content), and class counts."""
+        files, counts = [], {}
+        class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        for split in ("train", "val"):
+            samples = datasets.folder.make_dataset(self.root / split, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+            counts[split] = {name: 0 for name in self.classes}
+            for path, target in samples:
+                counts[split][self.classes[target]] += 1
+                relative = Path(path).relative_to(self.root).as_posix()
+                files.append((relative, Path(path).stat().st_size, file_sha256(Path(path))))
+        files.sort()
+        digest = hashlib.sha256("".join(f"{p}\t{s}\t{h}\n" for p, s, h in files).encode()).hexdigest()
+        return DatasetFingerprint(digest, counts, files)
+
     def preprocess(self, model_preprocess: Preprocess) -> Preprocess:
         """The model's preprocessing at this dataset's image size (when it sets one)."""
         return model_preprocess.at_size(self.image_size)
@@ -103,7 +140,10 @@ class ImageFolderData:
                 )
         common = {"batch_size": self.batch_size, "num_workers": self.num_workers, "worker_init_fn": _seed_worker}
         common["persistent_workers"] = self.num_workers > 0
-        train = DataLoader(train_set, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
+        # BatchNorm cannot train on a last batch of a single image: drop it in that case only.
+        lone_last_image = len(train_set) % self.batch_size == 1
+        generator = torch.Generator().manual_seed(seed)
+        train = DataLoader(train_set, shuffle=True, generator=generator, drop_last=lone_last_image, **common)
         val = DataLoader(val_set, shuffle=False, **common)
         return train, val
 
@@ -149,8 +189,10 @@ def _download(url: str, cache: Path, root: Path) -> Path:
 
 
 def _check_sha256(archive: Path, expected: str | None) -> None:
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if expected is not None and digest != expected.lower():
+    digest = file_sha256(archive)
+    if expected is None:
+        log.info("%s has sha256 %s; set data.sha256 to that value to have it checked", archive, digest)
+    elif digest != expected.lower():
         archive.unlink()
         raise TLError(
             f"{archive} has sha256 {digest}, expected {expected}; the download was removed, run again to retry"

