@@ -59,8 +59,13 @@ def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
     """A run is named by its command-line overrides; a sweep's job by the swept ones only
     (`strategy=frozen,lr=0.01`), as the parent run holds the rest."""
     if sweep_keys:
-        overrides = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] in sweep_keys]
+        overrides = [o for o in overrides if _override_key(o) in sweep_keys]
     return ",".join(overrides) or "defaults"
+
+
+def _override_key(override: str) -> str:
+    """`+data.root=/x` -> `data.root`"""
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _describe(commit: str | None, diff_sha256: str | None) -> str:
@@ -88,9 +93,9 @@ def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConf
             f"rerun={run_id}: no run with a recorded config in {mlflow.get_tracking_uri()} "
             f"({str(error).splitlines()[0]}); give a run id from `mlflow ui` and, if needed, tracking.uri"
         ) from error
-    extra = [o for o in overrides if o.split("=", 1)[0] != "rerun"]
+    extra = [o for o in overrides if _override_key(o) != "rerun"]
     for override in extra:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = _override_key(override)
         if isinstance(OmegaConf.select(config, key), DictConfig) or key in choices:
             raise TLError(
                 f"rerun: `{override}` would swap a whole config group; a rerun keeps the original's "
