@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from tests.conftest import ROOT
 
@@ -72,6 +74,16 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(tmp_p
     config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config/hydra")}
     assert {"config/hydra/config.yaml", "config/hydra/overrides.yaml"} <= config_files
 
+    evaluation_files = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    pngs = {f"evaluation/{name}.png" for name in ("confusion_matrix", "curves", "worst_misclassified")}
+    assert pngs | {"evaluation/per_class.csv"} <= evaluation_files
+    for png in pngs:
+        pixels = np.asarray(Image.open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=png)))
+        assert pixels.std() > 5, png  # opens, and is not blank
+    table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/per_class.csv").splitlines()
+    assert table[0] == "class,precision,recall,f1,support" and len(table) == 4
+    assert {"macro_precision", "macro_recall", "macro_f1"} <= run.data.metrics.keys()
+
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 3)  # a batch size other than the example's
     assert list((tmp_path / "outputs" / "runs").glob("*/*/run.log"))  # Hydra's run folder under outputs/
@@ -92,6 +104,20 @@ def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folde
     assert {(c.data.params["strategy"], c.data.params["lr"]) for c in children} == {
         (s, lr) for s in ("finetune", "frozen") for lr in ("0.001", "0.01")
     }
+
+    parent = MlflowClient().get_run(parents[0].info.run_id)  # re-read: tagged when the sweep ended
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.csv").splitlines()
+    assert summary[0].startswith("run_name,run_id,status,best_val_acc,seconds") and len(summary) == 5
+    best = next(c for c in children if c.info.run_id == parent.data.tags["tl.best_child_run_id"])
+    assert best.data.metrics["best_val_acc"] == max(c.data.metrics["best_val_acc"] for c in children)
+    assert parent.data.metrics["best_val_acc"] == best.data.metrics["best_val_acc"]
+    assert parent.data.tags["tl.best_child"] == best.info.run_name
+    tagged = [c for c in children if MlflowClient().get_run(c.info.run_id).data.tags.get("tl.best_in_sweep")]
+    assert [c.info.run_id for c in tagged] == [best.info.run_id]
+    plot = np.asarray(
+        Image.open(mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/sweep/comparison.png"))
+    )
+    assert plot.std() > 5
 
 
 def test_bad_input_is_one_line_no_traceback_and_no_run_left_running(tmp_path, mlflow_uri):

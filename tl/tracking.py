@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import csv
+import io
 import logging
 import os
 import tempfile
@@ -21,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from tl import evaluation
 from tl.data import DatasetFingerprint
 from tl.errors import TLError
 from tl.models import Preprocess, TransferModel
@@ -71,6 +74,14 @@ def _override_key(override: str) -> str:
 def _describe(commit: str | None, diff_sha256: str | None) -> str:
     text = f"commit {commit or 'unknown'}"
     return text + f" with uncommitted changes (patch sha256 {diff_sha256[:12]})" if diff_sha256 else text
+
+
+def _csv_text(rows: list[dict]) -> str:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return table.getvalue()
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -218,6 +229,7 @@ class MlflowTracker:
     ) -> None:
         """The best epoch's summary metrics, its checkpoint and the logged model."""
         mlflow.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+        self._log_evaluation(result, classes, preprocess, val_set)
         about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights}
         checkpoint = {"state_dict": model.network.state_dict(), "best_val_acc": result.best_val_acc,
                       "best_epoch": result.best_epoch, **about}  # fmt: skip
@@ -231,6 +243,21 @@ class MlflowTracker:
             "run %s: best val acc %.4f (epoch %d); browse it with `mlflow ui` (store: %s)",
             self.run_id, result.best_val_acc, result.best_epoch, mlflow.get_tracking_uri(),
         )  # fmt: skip
+
+    def _log_evaluation(self, result: FitResult, classes: list[str], preprocess: Preprocess, val_set: Dataset) -> None:
+        """Confusion matrix, per-class table (and macro averages as metrics), curves, worst errors."""
+        predictions = result.best_predictions
+        matrix = evaluation.confusion_matrix(predictions, len(classes))
+        rows, macro = evaluation.per_class_report(matrix, classes)
+        mlflow.log_metrics(macro)
+        mlflow.log_text(_csv_text(rows), "evaluation/per_class.csv")
+        figures = {
+            "confusion_matrix.png": evaluation.plot_confusion_matrix(matrix, classes),
+            "curves.png": evaluation.plot_curves(result.history),
+            "worst_misclassified.png": evaluation.plot_worst_misclassified(predictions, val_set, classes, preprocess),
+        }
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"evaluation/{name}")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics(metrics, step=step)
@@ -283,7 +310,42 @@ class SweepParentRun(Callback):
         log.info("MLflow sweep parent run %s", self.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._summarise()
         self._end(RunStatus.FINISHED)
+
+    def _summarise(self) -> None:
+        """On the parent: a CSV of every job and a comparison plot; the best job tagged on both."""
+        client = MlflowClient()
+        parent = client.get_run(self.run_id)
+        children = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'"
+        )
+        rows = [
+            {
+                "run_name": child.info.run_name,
+                "run_id": child.info.run_id,
+                "status": child.info.status,
+                "best_val_acc": child.data.metrics.get("best_val_acc"),
+                "seconds": round((child.info.end_time - child.info.start_time) / 1000, 1)
+                if child.info.end_time
+                else None,
+                "overrides": child.data.tags.get("tl.overrides", ""),
+            }
+            for child in children
+        ]
+        rows.sort(key=lambda row: -1 if row["best_val_acc"] is None else row["best_val_acc"], reverse=True)
+        scored = [row for row in rows if row["status"] == "FINISHED" and row["best_val_acc"] is not None]
+        for row in rows:
+            row["best"] = bool(scored) and row is scored[0]
+        if scored:
+            best = scored[0]
+            client.set_tag(self.run_id, "tl.best_child", best["run_name"])
+            client.set_tag(self.run_id, "tl.best_child_run_id", best["run_id"])
+            client.log_metric(self.run_id, "best_val_acc", best["best_val_acc"])
+            client.set_tag(best["run_id"], "tl.best_in_sweep", "true")
+        if rows:
+            client.log_text(self.run_id, _csv_text(rows), "sweep/summary.csv")
+            client.log_figure(self.run_id, evaluation.plot_sweep(rows), "sweep/comparison.png")
 
     def _end(self, status: int) -> None:
         if self.run_id is None:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tl.errors import TLError
+from tl.evaluation import Predictions
 from tl.models import TransferModel
 from tl.schedulers import Schedule
 
@@ -37,6 +38,7 @@ class FitResult:
     best_val_acc: float
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
+    best_predictions: Predictions | None = None  # on the validation set, by the restored weights
 
 
 def seed_everything(seed: int) -> None:
@@ -101,7 +103,7 @@ class Trainer:
             )
             if schedule.interval == "epoch":
                 schedule.scheduler.step()
-            val_loss, val_acc = self.evaluate(network, val_loader)
+            val_loss, val_acc, predictions = self.evaluate(network, val_loader)
             row = {
                 "train_loss": train_loss,
                 "train_acc": train_acc,
@@ -117,6 +119,7 @@ class Trainer:
             metrics.log_metrics(row, step=epoch + 1)
             if val_acc > result.best_val_acc:
                 result.best_val_acc, result.best_epoch = val_acc, epoch + 1
+                result.best_predictions = predictions
                 best_state = copy.deepcopy(network.state_dict())
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f img/s",
@@ -157,13 +160,15 @@ class Trainer:
         return total_loss / seen, correct / seen, time.perf_counter() - started
 
     @torch.no_grad()
-    def evaluate(self, network: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    def predict(self, network: nn.Module, loader: DataLoader) -> Predictions:
         network.eval()
-        total_loss, correct, seen = 0.0, 0, 0
-        for images, labels in loader:
-            images, labels = images.to(self.device, memory_format=self.memory_format), labels.to(self.device)
-            logits = network(images)
-            total_loss += self.criterion(logits, labels).item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-        return total_loss / seen, correct / seen
+        logits, labels = [], []
+        for images, batch_labels in loader:
+            logits.append(network(images.to(self.device, memory_format=self.memory_format)).float().cpu())
+            labels.append(batch_labels)
+        return Predictions(torch.cat(logits), torch.cat(labels))
+
+    def evaluate(self, network: nn.Module, loader: DataLoader) -> tuple[float, float, Predictions]:
+        predictions = self.predict(network, loader)
+        loss = self.criterion(predictions.logits, predictions.labels).item()
+        return loss, (predictions.predicted == predictions.labels).float().mean().item(), predictions

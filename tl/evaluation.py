@@ -1,0 +1,131 @@
+"""What a person looks at to judge a model: confusion matrix, per-class scores, curves, worst errors.
+
+Pure functions from predictions to tables and matplotlib figures; `tracking.py` logs them.
+Figures are built with matplotlib's object API (no pyplot): headless, and nothing left open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import Dataset
+
+from tl.models import Preprocess
+
+
+@dataclass
+class Predictions:
+    logits: torch.Tensor  # (N, classes)
+    labels: torch.Tensor  # (N,)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(1)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(1)
+
+
+def confusion_matrix(predictions: Predictions, num_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    pairs = predictions.labels * num_classes + predictions.predicted
+    return torch.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes).numpy()
+
+
+def per_class_report(matrix: np.ndarray, classes: list[str]) -> tuple[list[dict], dict[str, float]]:
+    """Precision, recall, F1 and support per class; and their macro averages."""
+    true_positives = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(0), matrix.sum(1)
+    precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0)
+    recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    rows = [
+        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, actual, strict=True)
+    ]
+    macro = {
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+    }
+    return rows, macro
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: list[str]) -> Figure:
+    size = max(5.0, 0.6 * len(classes) + 2)
+    figure = Figure(figsize=(size, size))
+    axes = figure.subplots()
+    axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    axes.set_title("confusion matrix (val)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_curves(history: list[dict[str, float]]) -> Figure:
+    epochs = range(1, len(history) + 1)
+    figure = Figure(figsize=(10, 4))
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    for axes, metric in ((loss_axes, "loss"), (acc_axes, "acc")):
+        for split in ("train", "val"):
+            axes.plot(epochs, [row[f"{split}_{metric}"] for row in history], marker="o", label=split)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.suptitle("training curves")
+    figure.tight_layout()
+    return figure
+
+
+def plot_worst_misclassified(
+    predictions: Predictions, dataset: Dataset, classes: list[str], preprocess: Preprocess, count: int = 16
+) -> Figure:
+    """The validation images the model got wrong with the highest confidence."""
+    wrong = (predictions.predicted != predictions.labels).nonzero().flatten()
+    confidence = predictions.probabilities.max(1).values[wrong]
+    worst = wrong[confidence.argsort(descending=True)][:count].tolist()
+    columns = 4
+    rows = max(1, -(-len(worst) // columns))
+    figure = Figure(figsize=(3 * columns, 3.3 * rows))
+    grid = figure.subplots(rows, columns, squeeze=False)
+    mean, std = torch.tensor(preprocess.mean)[:, None, None], torch.tensor(preprocess.std)[:, None, None]
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, index in zip(grid.flat, worst, strict=False):
+        image = (dataset[index][0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        axes.imshow(image)
+        true, predicted = classes[predictions.labels[index]], classes[predictions.predicted[index]]
+        probability = predictions.probabilities[index].max().item()
+        axes.set_title(f"true: {true}\npredicted: {predicted} ({probability:.2f})", fontsize=9)
+    if not worst:
+        grid[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    figure.suptitle("worst misclassified validation images")
+    figure.tight_layout()
+    return figure
+
+
+def plot_sweep(rows: list[dict]) -> Figure:
+    """Best validation accuracy of each job of a sweep, best first."""
+    figure = Figure(figsize=(8, 1.5 + 0.4 * len(rows)))
+    axes = figure.subplots()
+    names = [row["run_name"] for row in rows][::-1]
+    values = [row["best_val_acc"] if row["best_val_acc"] is not None else 0.0 for row in rows][::-1]
+    bars = axes.barh(names, values, color=["tab:green" if row["best"] else "tab:blue" for row in rows][::-1])
+    axes.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3)
+    axes.set_xlim(0, 1.1)
+    axes.set_xlabel("best val acc")
+    axes.set_title("sweep: best validation accuracy per job")
+    figure.tight_layout()
+    return figure
