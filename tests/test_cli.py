@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,11 +25,11 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(
-    *args: str, cwd: Path, mlflow_uri: str, project: Path = ROOT, timeout: int = 600
+    *args: str, cwd: Path, mlflow_uri: str, project: Path = ROOT, script: str = "run.py", timeout: int = 600
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
-    command = [sys.executable, str(project / "run.py"), *args]
+    command = [sys.executable, str(project / script), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -166,10 +170,100 @@ def test_rerun_repeats_the_original_exactly_from_its_recorded_config(tmp_path, i
     assert len(warnings) == 1 and "dataset: 1 file(s) differ: + train/ants/extra.png" in warnings[0]
 
 
-def test_default_run_reaches_the_promised_accuracy_on_fashion_sample(tmp_path, mlflow_uri):
-    """The README's main command, unchanged: the offline default on the shipped data."""
+def test_default_run_reaches_the_promised_accuracy_and_predicts_unseen_images_alike(tmp_path, mlflow_uri):
+    """The README's main command, unchanged, then predict.py on Fashion-MNIST test-split images."""
     result = run_cli(cwd=tmp_path, mlflow_uri=mlflow_uri)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(mlflow_uri)
     assert run.info.status == "FINISHED" and run.info.run_name == "defaults"
-    assert run.data.metrics["best_val_acc"] >= 0.75
+    val_acc = run.data.metrics["best_val_acc"]
+    assert val_acc >= 0.75
+
+    output = tmp_path / "predictions.csv"
+    unseen = ROOT / "tests" / "data" / "fashion_unseen"
+    args = [f"model_uri=runs:/{run.info.run_id}/model", f"input={unseen}", f"output={output}"]
+    predicted = run_cli(*args, cwd=tmp_path, mlflow_uri=mlflow_uri, script="predict.py")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == 200 and not any(row["error"] for row in rows)
+    accuracy = sum(row["prediction"] == row["label"] for row in rows) / len(rows)
+    assert abs(accuracy - val_acc) <= 0.1, (accuracy, val_acc)
+    assert f"accuracy {accuracy:.4f}" in predicted.stderr
+
+
+def test_predict_cli_reports_unreadable_files_and_exits_zero(tmp_path, image_folder, mlflow_uri):
+    trained = run_cli(*tiny(image_folder), "epochs=1", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = runs(mlflow_uri)
+    folder = image_folder / "val"
+    (folder / "ants" / "notes.txt").write_text("not an image")
+    (folder / "bees" / "empty.png").write_bytes(b"")
+    (folder / "wasps" / "truncated.png").write_bytes((folder / "wasps" / "0.png").read_bytes()[:200])
+    result = run_cli(f"model_uri=runs:/{run.info.run_id}/model", f"input={folder}", cwd=tmp_path,
+                     mlflow_uri=mlflow_uri, script="predict.py")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predicted 9 image(s), 3 unreadable" in result.stderr
+    (output,) = (tmp_path / "outputs" / "predictions").glob("*/*/predictions.csv")  # the Hydra run folder
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == 12 and sum(bool(row["error"]) for row in rows) == 3
+    assert all(row["prediction"] for row in rows if not row["error"])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port, serving artifacts itself."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", str(tmp_path / "server_artifacts")]  # fmt: skip
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:]], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_training_registry_and_prediction_against_a_real_tracking_server(tmp_path, image_folder, mlflow_server):
+    result = run_cli(*tiny(image_folder), "epochs=1", f"tracking.uri={mlflow_server}", "tracking.register=ants",
+                     "tracking.alias=champion", cwd=tmp_path, mlflow_uri=mlflow_server)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs(mlflow_server)
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert list((tmp_path / "server_artifacts").rglob("best.pt"))  # stored by the server, not by the client
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+    output = tmp_path / "p.csv"
+    args = ["model_uri=models:/ants@champion", f"input={image_folder / 'val'}", f"output={output}"]
+    predicted = run_cli(
+        *args, f"tracking_uri={mlflow_server}", cwd=tmp_path, mlflow_uri=mlflow_server, script="predict.py"
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len(list(csv.DictReader(output.open()))) == 9
+
+
+def test_optuna_sweep_reports_every_trial_and_points_the_alias_at_the_best(tmp_path, image_folder, mlflow_uri):
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "epochs=1", "tracking.register=ants",
+            "tracking.alias=champion", *tiny(image_folder)]  # fmt: skip
+    result = run_cli(*args, cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    all_runs = runs(mlflow_uri)
+    (parent,) = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.info.run_name.startswith("lr=") and ",strategy=" in c.info.run_name for c in children)
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.csv").splitlines()
+    assert len(summary) == 4
+    champion = MlflowClient().get_model_version_by_alias("ants", "champion")
+    assert champion.run_id == parent.data.tags["tl.best_child_run_id"]

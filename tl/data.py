@@ -112,19 +112,16 @@ class ImageFolderData:
     def transforms(self, model_preprocess: Preprocess) -> tuple[v2.Compose, v2.Compose]:
         """Train (random resized crop + flip, as in the tutorial) and eval (resize + centre crop)."""
         pre = self.preprocess(model_preprocess)
-        interpolation = v2.InterpolationMode(pre.interpolation)
-        to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
         train = v2.Compose(
             [
-                v2.RandomResizedCrop(pre.input_size, scale=self.train_crop_scale, interpolation=interpolation),
+                v2.RandomResizedCrop(
+                    pre.input_size, scale=self.train_crop_scale, interpolation=v2.InterpolationMode(pre.interpolation)
+                ),
                 v2.RandomHorizontalFlip(),
-                *to_tensor,
+                *_to_normalised_tensor(pre),
             ]
         )
-        val = v2.Compose(
-            [v2.Resize(pre.resize_size, interpolation=interpolation), v2.CenterCrop(pre.input_size), *to_tensor]
-        )
-        return train, val
+        return train, eval_transform(pre)
 
     def loaders(self, model_preprocess: Preprocess, seed: int) -> tuple[DataLoader, DataLoader]:
         train_transform, val_transform = self.transforms(model_preprocess)
@@ -146,6 +143,22 @@ class ImageFolderData:
         train = DataLoader(train_set, shuffle=True, generator=generator, drop_last=lone_last_image, **common)
         val = DataLoader(val_set, shuffle=False, **common)
         return train, val
+
+
+def eval_transform(preprocess: Preprocess) -> v2.Compose:
+    """Resize and centre crop as the weights expect: for validation and for prediction."""
+    interpolation = v2.InterpolationMode(preprocess.interpolation)
+    return v2.Compose(
+        [
+            v2.Resize(preprocess.resize_size, interpolation=interpolation),
+            v2.CenterCrop(preprocess.input_size),
+            *_to_normalised_tensor(preprocess),
+        ]
+    )
+
+
+def _to_normalised_tensor(preprocess: Preprocess) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess.mean, preprocess.std)]
 
 
 def image_folder(root: str, **kwargs) -> ImageFolderData:

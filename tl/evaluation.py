@@ -120,7 +120,7 @@ def plot_sweep(rows: list[dict]) -> Figure:
     """Best validation accuracy of each job of a sweep, best first."""
     figure = Figure(figsize=(8, 1.5 + 0.4 * len(rows)))
     axes = figure.subplots()
-    names = [row["run_name"] for row in rows][::-1]
+    names = [row["run_name"] if len(row["run_name"]) <= 48 else row["run_name"][:45] + "..." for row in rows][::-1]
     values = [row["best_val_acc"] if row["best_val_acc"] is not None else 0.0 for row in rows][::-1]
     bars = axes.barh(names, values, color=["tab:green" if row["best"] else "tab:blue" for row in rows][::-1])
     axes.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3)

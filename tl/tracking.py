@@ -139,10 +139,14 @@ class MlflowTracker:
         overrides: list[str] | None = None,
         parent_run_id: str | None = None,
         sweep_keys: str | None = None,
+        register: str | None = None,
+        alias: str | None = None,
     ) -> None:
         self.experiment = experiment
         self.uri = uri
         self.parent_run_id = parent_run_id
+        self.register = register
+        self.alias = alias
         self.run_name = run_name(overrides or [], sweep_keys.split(",") if sweep_keys else None)
         self.run_id: str | None = None
 
@@ -274,22 +278,31 @@ class MlflowTracker:
         with warnings.catch_warnings():
             # torch.export's archive writer warns about shared weights that are already on the CPU.
             warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-            mlflow.pytorch.log_model(
+            info = mlflow.pytorch.log_model(
                 network,
                 name="model",
                 input_example=input_example.cpu().numpy(),
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata=metadata,
+                registered_model_name=self.register,
             )
+        # In a sweep the alias goes to the best job's version when the sweep ends, not to each job's.
+        if self.register and self.alias and not self.parent_run_id:
+            MlflowClient().set_registered_model_alias(self.register, self.alias, info.registered_model_version)
+            log.info("models:/%s@%s -> version %s", self.register, self.alias, info.registered_model_version)
 
 
 class SweepParentRun(Callback):
     """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it."""
 
-    def __init__(self, experiment: str = "tl", uri: str | None = None) -> None:
+    def __init__(
+        self, experiment: str = "tl", uri: str | None = None, register: str | None = None, alias: str | None = None
+    ) -> None:
         self.experiment = experiment
         self.uri = uri
+        self.register = register
+        self.alias = alias
         self.run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -304,7 +317,9 @@ class SweepParentRun(Callback):
         self.run_id = run.info.run_id
         os.environ[PARENT_RUN_ENV] = self.run_id
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        os.environ[SWEEP_KEYS_ENV] = ",".join(o.key_or_group for o in parsed if o.is_sweep_override())
+        swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+        swept += list(OmegaConf.select(config, "hydra.sweeper.params") or {})  # e.g. Optuna's search space
+        os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
         # If the sweep dies before on_multirun_end, the parent must not stay RUNNING.
         atexit.register(self._end, RunStatus.FAILED)
         log.info("MLflow sweep parent run %s", self.run_id)
@@ -343,6 +358,12 @@ class SweepParentRun(Callback):
             client.set_tag(self.run_id, "tl.best_child_run_id", best["run_id"])
             client.log_metric(self.run_id, "best_val_acc", best["best_val_acc"])
             client.set_tag(best["run_id"], "tl.best_in_sweep", "true")
+            if self.register and self.alias:
+                (version,) = client.search_model_versions(f"name='{self.register}' and run_id='{best['run_id']}'")
+                client.set_registered_model_alias(self.register, self.alias, version.version)
+                client.set_tag(
+                    self.run_id, "tl.alias", f"models:/{self.register}@{self.alias} = version {version.version}"
+                )
         if rows:
             client.log_text(self.run_id, _csv_text(rows), "sweep/summary.csv")
             client.log_figure(self.run_id, evaluation.plot_sweep(rows), "sweep/comparison.png")

@@ -1,0 +1,58 @@
+"""Predict with a model logged by tl: a CSV of class and probability for each image.
+
+python predict.py model_uri=runs:/<run_id>/model input=photo.jpg
+python predict.py model_uri=models:/ants_vs_bees@champion input=folder/ output=predictions.csv
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from tl.errors import find_user_error
+from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
+
+log = logging.getLogger("tl")
+
+
+def run(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tl has its own progress bar
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+    model = load_logged_model(cfg.model_uri)
+    rows = predict(model, list_inputs(Path(cfg.input).expanduser()), cfg.batch_size)
+    output = Path(cfg.output or Path(HydraConfig.get().runtime.output_dir, "predictions.csv"))
+    write_csv(rows, output)
+    unreadable = [row for row in rows if row.error]
+    for row in unreadable:
+        log.warning("could not read %s: %s", row.path, row.error)
+    score = accuracy(rows)
+    log.info(
+        "predicted %d image(s), %d unreadable%s; wrote %s",
+        len(rows) - len(unreadable), len(unreadable),
+        f"; accuracy {score:.4f} against the folder labels" if score is not None else "", output,
+    )  # fmt: skip
+    return score
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("error: %s", user_error)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

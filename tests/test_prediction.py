@@ -1,0 +1,63 @@
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from tests.conftest import make_image_folder
+from tl.errors import TLError
+from tl.models import efficientnet_lite0
+from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
+from tl.tracking import MlflowTracker
+
+CLASSES = ["ants", "bees", "wasps"]
+
+
+@pytest.fixture
+def logged_model_uri(mlflow_uri):
+    model = efficientnet_lite0(num_classes=3)
+    preprocess = model.preprocess.at_size(32)
+    with MlflowTracker(experiment="t") as tracker:
+        tracker.log_model(
+            model.network, torch.randn(2, 3, 32, 32), metadata={"classes": CLASSES, "preprocess": asdict(preprocess)}
+        )
+    return f"runs:/{tracker.run_id}/model"
+
+
+def test_folder_with_class_subfolders_is_labelled_and_a_flat_folder_is_not(tmp_path):
+    root = make_image_folder(tmp_path / "d", {"val": 2})
+    rows = list_inputs(root / "val")
+    assert len(rows) == 6 and {row.label for row in rows} == set(CLASSES)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes((root / "val" / "ants" / "0.png").read_bytes())
+    (flat / ".DS_Store").write_bytes(b"x")
+    assert [(r.path, r.label) for r in list_inputs(flat)] == [(str(flat / "a.png"), None)]
+    assert len(list_inputs(flat / "a.png")) == 1
+
+
+def test_missing_input_is_a_user_error(tmp_path):
+    with pytest.raises(TLError, match="does not exist"):
+        list_inputs(tmp_path / "nope")
+
+
+def test_unreadable_files_are_reported_and_the_rest_predicted(tmp_path, logged_model_uri):
+    root = make_image_folder(tmp_path / "d", {"val": 2}) / "val"
+    (root / "ants" / "notes.txt").write_text("not an image")
+    (root / "bees" / "empty.jpg").write_bytes(b"")
+    (root / "wasps" / "truncated.png").write_bytes((root / "wasps" / "0.png").read_bytes()[:200])
+    model = load_logged_model(logged_model_uri)
+    assert model.classes == CLASSES and model.preprocess.input_size == 32
+    rows = predict(model, list_inputs(root), batch_size=4)
+    errors = {row.path.split("/")[-1]: row.error for row in rows if row.error}
+    assert set(errors) == {"notes.txt", "empty.jpg", "truncated.png"}
+    predicted = [row for row in rows if not row.error]
+    assert len(predicted) == 6 and all(r.prediction in CLASSES and 0 < r.probability <= 1 for r in predicted)
+    assert accuracy(rows) == sum(r.prediction == r.label for r in predicted) / 6
+    write_csv(rows, tmp_path / "out.csv")
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "path,prediction,probability,label,error" and len(lines) == 10
+
+
+def test_model_uri_that_does_not_exist_is_a_user_error(mlflow_uri):
+    with pytest.raises(TLError, match="could not load model_uri"):
+        load_logged_model("models:/no_such_model/1")

@@ -1,0 +1,104 @@
+"""Predict with a model that tl logged to MLflow: any model URI, an image file or a folder.
+
+The model carries its class names and evaluation preprocessing in its MLflow metadata, so the
+images are transformed exactly as in validation, not re-guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from PIL import Image
+from tqdm.auto import tqdm
+
+from tl.data import eval_transform
+from tl.errors import TLError
+from tl.models import Preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoggedModel:
+    network: torch.nn.Module
+    classes: list[str]
+    preprocess: Preprocess
+
+
+@dataclass
+class Row:
+    path: str
+    label: str | None = None
+    prediction: str | None = None
+    probability: float | None = None
+    error: str | None = None
+
+
+def load_logged_model(model_uri: str) -> LoggedModel:
+    try:
+        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+        network = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except (MlflowException, OSError) as error:
+        raise TLError(
+            f"could not load model_uri={model_uri} from {mlflow.get_tracking_uri()} ({str(error).splitlines()[0]}); "
+            "use runs:/<run_id>/model, models:/<name>/<version> or models:/<name>@<alias>, and tracking_uri if needed"
+        ) from error
+    if "classes" not in metadata or "preprocess" not in metadata:
+        raise TLError(f"{model_uri} has no class names or preprocessing in its metadata: was it logged by tl?")
+    return LoggedModel(network, list(metadata["classes"]), Preprocess(**metadata["preprocess"]))
+
+
+def list_inputs(path: Path) -> list[Row]:
+    """One row per file; in ImageFolder layout (class subfolders) each row is labelled by its folder."""
+    if path.is_file():
+        return [Row(str(path))]
+    if not path.is_dir():
+        raise TLError(f"input={path} does not exist; give an image file or a folder of images")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    subfolders = [p for p in path.iterdir() if p.is_dir()]
+    labelled = bool(subfolders) and all(f.parent.parent == path for f in files)
+    return [Row(str(f), label=f.parent.name if labelled else None) for f in files]
+
+
+def predict(model: LoggedModel, rows: list[Row], batch_size: int) -> list[Row]:
+    """Fill in prediction and probability; rows whose image cannot be read get an error instead."""
+    transform = eval_transform(model.preprocess)
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    for batch in tqdm(batches, desc="predicting", unit="batch", disable=None):
+        readable, tensors = [], []
+        for row in batch:
+            try:
+                with Image.open(row.path) as image:
+                    tensors.append(transform(image.convert("RGB")))
+                readable.append(row)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                row.error = f"{type(error).__name__}: {error}"
+        if not tensors:
+            continue
+        with torch.no_grad():
+            probabilities = model.network(torch.stack(tensors)).softmax(1)
+        confidence, index = probabilities.max(1)
+        for row, p, i in zip(readable, confidence.tolist(), index.tolist(), strict=True):
+            row.prediction, row.probability = model.classes[i], p
+    return rows
+
+
+def write_csv(rows: list[Row], output: Path) -> None:
+    labelled = any(row.label is not None for row in rows)
+    columns = ["path", "prediction", "probability", *(["label"] if labelled else []), "error"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(vars(row) for row in rows)
+
+
+def accuracy(rows: list[Row]) -> float | None:
+    scored = [row for row in rows if row.label is not None and row.prediction is not None]
+    return sum(row.label == row.prediction for row in scored) / len(scored) if scored else None
