@@ -178,6 +178,8 @@ def test_default_run_reaches_the_promised_accuracy_and_predicts_unseen_images_al
     assert run.info.status == "FINISHED" and run.info.run_name == "defaults"
     val_acc = run.data.metrics["best_val_acc"]
     assert val_acc >= 0.75
+    evaluation = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert len(evaluation) == 4  # confusion matrix, per-class table, curves, worst misclassified
 
     output = tmp_path / "predictions.csv"
     unseen = ROOT / "tests" / "data" / "fashion_unseen"
