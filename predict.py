@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,7 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tl.errors import find_user_error
+from tl.errors import one_line_errors
 from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
 
 log = logging.getLogger("tl")
@@ -43,15 +42,9 @@ def run(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return run(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("error: %s", user_error)
-        sys.exit(1)
+    return run(cfg)
 
 
 if __name__ == "__main__":

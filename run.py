@@ -8,8 +8,6 @@ python run.py rerun=RUN_ID                      # the same run again, from its r
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,12 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tl.errors import find_user_error
+from tl.errors import one_line_errors
 from tl.provenance import code_state, environment
 from tl.tracking import recorded_config
 from tl.trainer import seed_everything
-
-log = logging.getLogger("tl")
 
 
 def train(cfg: DictConfig) -> float:
@@ -51,15 +47,9 @@ def train(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> float:
-    try:
-        return train(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("error: %s", user_error)
-        sys.exit(1)
+    return train(cfg)
 
 
 if __name__ == "__main__":
