@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tl.config import check_top_level
 from tl.errors import one_line_errors
 from tl.provenance import code_state, environment
 from tl.tracking import recorded_config
@@ -26,6 +27,7 @@ def train(cfg: DictConfig) -> float:
     overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
     if cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
         cfg, choices = recorded_config(cfg, overrides)
+    check_top_level(cfg)
     seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import tempfile
+import urllib.request
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -121,9 +122,23 @@ def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConf
 def _use_store(uri: str | None, experiment: str) -> str:
     # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
     # the store that a plain `mlflow ui` opens in the same folder.
+    _check_reachable(uri or mlflow.get_tracking_uri())
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.set_experiment(experiment).experiment_id
+
+
+def _check_reachable(uri: str) -> None:
+    """A tracking server that does not answer is found now, before training, not after it."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+    except OSError as error:
+        raise TLError(
+            f"the MLflow tracking server {uri} does not answer ({error}); start it, or point tracking.uri "
+            "(or MLFLOW_TRACKING_URI) at a running server or at a local store such as sqlite:///mlflow.db"
+        ) from error
 
 
 class MlflowTracker:
