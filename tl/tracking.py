@@ -74,7 +74,7 @@ def _override_key(override: str) -> str:
 
 def _describe(commit: str | None, diff_sha256: str | None) -> str:
     text = f"commit {commit or 'unknown'}"
-    return text + f" with uncommitted changes (patch sha256 {diff_sha256[:12]})" if diff_sha256 else text
+    return (text + f" with uncommitted changes (patch sha256 {diff_sha256[:12]})") if diff_sha256 else text
 
 
 def _csv_text(rows: list[dict]) -> str:

@@ -98,7 +98,7 @@ class Trainer:
             started = time.perf_counter()
             lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
             strategy.start_epoch(model, epoch)
-            train_loss, train_acc, train_seconds = self.train_one_epoch(
+            train_loss, train_acc, images_per_second = self.train_one_epoch(
                 network, optimizer, schedule, train_loader, epoch
             )
             if schedule.interval == "epoch":
@@ -111,7 +111,7 @@ class Trainer:
                 "val_acc": val_acc,
                 "lr": list(lrs.values())[-1],
                 "epoch_seconds": time.perf_counter() - started,
-                "images_per_second": len(train_loader.dataset) / train_seconds,
+                "images_per_second": images_per_second,
             }
             if len(lrs) > 1:
                 row.update({f"lr_{name}": lr for name, lr in lrs.items()})
@@ -157,7 +157,8 @@ class Trainer:
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
             batches.set_postfix(loss=f"{total_loss / seen:.4f}")
-        return total_loss / seen, correct / seen, time.perf_counter() - started
+        # Images actually trained on: a dropped lone last image is not counted.
+        return total_loss / seen, correct / seen, seen / (time.perf_counter() - started)
 
     @torch.no_grad()
     def predict(self, network: nn.Module, loader: DataLoader) -> Predictions:
