@@ -4,6 +4,7 @@ python run.py                                   # the offline default
 python run.py strategy=frozen lr=1e-2           # change any option or key
 python run.py -m strategy=finetune,frozen lr=1e-3,1e-2   # a sweep: one parent MLflow run
 python run.py rerun=RUN_ID                      # the same run again, from its recorded config
+python run.py resume=RUN_ID_OR_FOLDER            # continue a run that crashed or was stopped
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from tl import checkpoints
 from tl.config import check_top_level
-from tl.errors import one_line_errors
+from tl.errors import Interrupted, one_line_errors
 from tl.provenance import code_state, environment
-from tl.tracking import recorded_config
+from tl.tracking import recorded_config, recorded_output_dir
 from tl.trainer import seed_everything
 
 
 def train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
-    if cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
+    checkpoint_path, resumed = Path(hydra_cfg.runtime.output_dir, checkpoints.LAST), None
+    if cfg.resume:  # the run as it started, continued after its last finished epoch
+        checkpoint_path = checkpoints.locate(cfg, lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri))
+        resumed = checkpoints.load(checkpoint_path)
+        cfg, choices = checkpoints.resumed_config(cfg.resume, overrides, resumed)
+    elif cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
         cfg, choices = recorded_config(cfg, overrides)
     check_top_level(cfg)
+    trainer = instantiate(cfg.trainer)  # first: its settings are checked before any work starts
     seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
@@ -35,16 +43,31 @@ def train(cfg: DictConfig) -> float:
     strategy = instantiate(cfg.strategy)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
-    trainer = instantiate(cfg.trainer)
     code, dataset = code_state(Path(__file__).parent), data.fingerprint()
 
-    with instantiate(cfg.tracking, overrides=overrides) as tracker:
-        tracker.log_config(cfg, choices, hydra_cfg)
-        tracker.log_provenance(code, environment(trainer.device), dataset, model)
-        if cfg.rerun:
-            tracker.warn_if_changed(cfg.rerun, code, dataset, model)
-        result = trainer.fit(model, strategy, optimizer, schedule, train_loader, val_loader, tracker)
-        tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
+    run_id = resumed["run_id"] if resumed else None
+    try:
+        with instantiate(cfg.tracking, overrides=overrides, run_id=run_id) as tracker:
+            if resumed:
+                tracker.log_missing_epochs(resumed["history"])
+            else:
+                tracker.log_config(cfg, choices, hydra_cfg)
+                tracker.log_provenance(code, environment(trainer.device, trainer.precision), dataset, model)
+            if cfg.rerun:
+                tracker.warn_if_changed(cfg.rerun, code, dataset, model)
+            about = {"run_id": tracker.run_id, "config": OmegaConf.to_yaml(cfg), "choices": choices}
+            checkpoint = checkpoints.Checkpoint(checkpoint_path, about)
+            result = trainer.fit(
+                model, strategy, optimizer, schedule, train_loader, val_loader, tracker, checkpoint, resumed
+            )
+            tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
+    except KeyboardInterrupt as interrupt:
+        if not checkpoint_path.is_file():
+            raise Interrupted("interrupted before the first epoch finished; there is nothing to resume") from interrupt
+        raise Interrupted(
+            f"interrupted; the last finished epoch is saved: continue with `python run.py resume={checkpoint_path}`"
+        ) from interrupt
+    checkpoint.remove()  # the run is complete and logged
     return result.best_val_acc
 
 

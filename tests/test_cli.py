@@ -124,15 +124,6 @@ def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folde
     assert plot.std() > 5
 
 
-def test_bad_input_is_one_line_no_traceback_and_no_run_left_running(tmp_path, mlflow_uri):
-    result = run_cli("data=image_folder", f"data.root={tmp_path / 'missing'}", cwd=tmp_path, mlflow_uri=mlflow_uri)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and str(tmp_path / "missing") in errors[0] and "train/ and val/" in errors[0]
-    assert "Traceback" not in result.stderr
-    assert all(r.info.status != "RUNNING" for r in runs(mlflow_uri))
-
-
 def metric_histories(run_id: str) -> dict[str, list[float]]:
     client = MlflowClient()
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")

@@ -1,11 +1,14 @@
 import functools
 import hashlib
 import http.server
+import logging
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.datasets import FashionMNIST
 
 from tests.conftest import make_image_folder
@@ -151,3 +154,77 @@ def test_a_lone_last_training_image_is_dropped_so_batchnorm_can_train(image_fold
     assert [len(labels) for _, labels in train] == [6, 6, 6]
     train, _ = image_folder_data(image_folder, image_size=32, batch_size=5).loaders(PRE, seed=0)
     assert [len(labels) for _, labels in train] == [5, 5, 5, 4]
+
+
+BAD_IMAGES = [
+    ("train/ants/truncated.png", "truncated"),
+    ("train/bees/empty.jpg", "empty file"),
+    ("train/wasps/deep.png", "16-bit image (mode I;16): save it as 8-bit RGB"),
+    ("val/wasps/notes.png", "not an image"),
+]
+
+
+@pytest.fixture
+def folder_with_bad_images(image_folder):
+    """The usual folder plus the four BAD_IMAGES and a CMYK JPEG, which is fine."""
+    valid_png = (image_folder / "train" / "ants" / "0.png").read_bytes()
+    (image_folder / "train" / "ants" / "truncated.png").write_bytes(valid_png[: len(valid_png) // 2])
+    (image_folder / "train" / "bees" / "empty.jpg").write_bytes(b"")
+    (image_folder / "val" / "wasps" / "notes.png").write_text("not a picture")
+    deep = image_folder / "train" / "wasps" / "deep.png"
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(deep)
+    assert Image.open(deep).mode == "I;16"
+    cmyk = image_folder / "val" / "ants" / "cmyk.jpg"
+    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).convert("CMYK").save(cmyk)
+    assert Image.open(cmyk).mode == "CMYK"
+    return image_folder
+
+
+def test_unreadable_images_are_found_up_front_and_skipped_with_one_warning(folder_with_bad_images, caplog):
+    with caplog.at_level(logging.WARNING, logger="tl.data"):
+        data = image_folder_data(folder_with_bad_images, image_size=32)
+    assert data.bad_images == BAD_IMAGES
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipping 4 unreadable image(s)" in warning.getMessage()
+    assert "train/ants/truncated.png (truncated)" in warning.getMessage()
+    assert "data.on_bad_image=error" in warning.getMessage()
+
+    train, val = data.loaders(PRE, seed=0)
+    assert len(train.dataset) == 18 and len(val.dataset) == 10  # the CMYK JPEG is in, the bad images are out
+    [cmyk_index] = [i for i, (path, _) in enumerate(val.dataset.samples) if path.endswith("cmyk.jpg")]
+    assert val.dataset[cmyk_index][0].shape == (3, 32, 32)
+    assert list(train) and list(val)  # every image loads
+
+    fingerprint = data.fingerprint()
+    paths = {path for path, _, _ in fingerprint.files}
+    assert "val/ants/cmyk.jpg" in paths and not paths & {path for path, _ in BAD_IMAGES}
+    assert fingerprint.skipped == BAD_IMAGES and fingerprint.counts["val"]["ants"] == 4
+
+
+def test_on_bad_image_error_stops_with_one_line_naming_every_bad_image(folder_with_bad_images):
+    with pytest.raises(TLError) as error:
+        image_folder_data(folder_with_bad_images, on_bad_image="error")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"4 unreadable image(s) in {folder_with_bad_images}")
+    assert all(f"{path} ({reason})" in message for path, reason in BAD_IMAGES)
+    assert "data.on_bad_image=skip" in message
+
+
+def test_a_long_list_of_bad_images_is_cut_short(image_folder):
+    for i in range(12):
+        (image_folder / "train" / "ants" / f"empty{i:02}.png").write_bytes(b"")
+    with pytest.raises(TLError, match=r"empty09.png \(empty file\) and 2 more; fix or remove them"):
+        image_folder_data(image_folder, on_bad_image="error")
+
+
+def test_on_bad_image_only_takes_skip_or_error(image_folder):
+    with pytest.raises(TLError, match="data.on_bad_image='x' is not allowed: data.on_bad_image must be skip or error"):
+        image_folder_data(image_folder, on_bad_image="x")
+
+
+def test_a_class_left_without_images_after_skipping_is_the_empty_class_error(image_folder):
+    for path in (image_folder / "train" / "bees").iterdir():
+        path.write_bytes(b"")
+    data = image_folder_data(image_folder)
+    with pytest.raises(TLError, match="class folder\\(s\\) bees hold no images"):
+        data.loaders(PRE, seed=0)

@@ -83,6 +83,9 @@ def test_torchvision_offline_without_cache_names_weights_and_offline_choices(mon
 def test_timm_offline_without_cache_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    # huggingface_hub reads the variables when it is imported, which may have happened already.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(TLError, match="model.pretrained=false"):
         timm_model("resnet10t", num_classes=2)
 

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import mlflow
 import numpy as np
 import pytest
@@ -5,7 +7,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from tl.data import DatasetFingerprint
 from tl.models import efficientnet_lite0
+from tl.provenance import CodeState
 from tl.tracking import MlflowTracker, flatten, run_name
 
 
@@ -49,3 +53,20 @@ def test_logged_model_loads_and_predicts_any_batch_size(mlflow_uri):
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{tracker.run_id}/model")
     assert pyfunc.predict(batch.numpy()).shape == (5, 4)
     assert pyfunc.metadata.metadata["classes"] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("skipped", [[], [("train/a/x.png", "truncated"), ("val/b/y.jpg", "not an image")]])
+def test_provenance_records_the_images_that_were_skipped(mlflow_uri, skipped):
+    dataset = DatasetFingerprint("0" * 64, {"train": {"a": 1}}, [("train/a/ok.png", 10, "1" * 64)], skipped)
+    model = SimpleNamespace(weights="none", weights_sha256=None)  # all log_provenance reads of a model
+    with MlflowTracker(experiment="t", uri=mlflow_uri) as tracker:
+        tracker.log_provenance(CodeState(None, False, ""), {"python": "3"}, dataset, model)
+    run = MlflowClient(mlflow_uri).get_run(tracker.run_id)
+    assert run.data.metrics["data_skipped_images"] == len(skipped)
+    manifest = mlflow.artifacts.load_dict(f"runs:/{tracker.run_id}/provenance/dataset_manifest.json")
+    assert [tuple(row) for row in manifest["skipped"]] == skipped
+    logged = [a.path for a in MlflowClient(mlflow_uri).list_artifacts(tracker.run_id, "provenance")]
+    assert ("provenance/skipped_images.csv" in logged) == bool(skipped)
+    if skipped:
+        csv_text = mlflow.artifacts.load_text(f"runs:/{tracker.run_id}/provenance/skipped_images.csv")
+        assert csv_text.splitlines() == ["path,reason", "train/a/x.png,truncated", "val/b/y.jpg,not an image"]

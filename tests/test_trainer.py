@@ -1,10 +1,13 @@
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tl import checkpoints
+from tl.checkpoints import Checkpoint
 from tl.errors import TLError
 from tl.models import Preprocess, TransferModel
 from tl.schedulers import none, onecycle, step
@@ -46,12 +49,15 @@ class Recorder:
         self.states.append(copy.deepcopy(self.network.state_dict()))
 
 
-def fit(model, epochs=4, lr=0.5, schedule=step, fill=None):
+def fit(model, epochs=4, lr=0.5, schedule=step, fill=None, precision="32", checkpoint=None, resume_from=None):
     optimizer = torch.optim.SGD(Finetune().param_groups(model, lr), lr=lr, momentum=0.9)
     train, val = loaders(fill=fill)
     recorder = Recorder(model.network)
-    trainer = Trainer(epochs=epochs, device="cpu", progress=False)
-    result = trainer.fit(model, Finetune(), optimizer, schedule(optimizer, epochs, len(train)), train, val, recorder)
+    trainer = Trainer(epochs=epochs, device="cpu", precision=precision, progress=False)
+    result = trainer.fit(
+        model, Finetune(), optimizer, schedule(optimizer, epochs, len(train)), train, val, recorder,
+        checkpoint, resume_from,
+    )  # fmt: skip
     return result, recorder, optimizer
 
 
@@ -90,3 +96,48 @@ def test_seeded_fits_repeat_bit_for_bit():
         _, recorder, _ = fit(tiny_model(), epochs=2)
         histories.append([{k: v for k, v in row.items() if "second" not in k} for _, row in recorder.rows])
     assert histories[0] == histories[1]
+
+
+def without_timings(rows):
+    return [(step, {k: v for k, v in row.items() if "second" not in k}) for step, row in rows]
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(tmp_path):
+    torch.manual_seed(1)
+    uninterrupted, straight, _ = fit(tiny_model(), epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2))
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfter(Checkpoint):  # the process dies right after epoch 2's checkpoint
+        def save(self, state):
+            super().save(state)
+            if state["epochs_done"] == 2:
+                raise Crash
+
+    torch.manual_seed(1)
+    with pytest.raises(Crash):
+        fit(tiny_model(), epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2),
+            checkpoint=CrashAfter(tmp_path / "last.pt", {"run_id": "abc"}))  # fmt: skip
+    state = checkpoints.load(tmp_path / "last.pt")  # weights_only=True
+    assert state["epochs_done"] == 2 and state["run_id"] == "abc"
+    torch.manual_seed(99)  # a fresh process: different RNG state and a new head until the state is restored
+    model = tiny_model()
+    resumed, rest, _ = fit(model, epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2), resume_from=state)
+    assert without_timings(rest.rows) == without_timings(straight.rows)[2:]
+    assert without_timings(enumerate(resumed.history)) == without_timings(enumerate(uninterrupted.history))
+    assert (resumed.best_val_acc, resumed.best_epoch) == (uninterrupted.best_val_acc, uninterrupted.best_epoch)
+    assert torch.equal(resumed.best_predictions.logits, uninterrupted.best_predictions.logits)
+
+
+def test_bf16_autocast_trains_and_stays_finite():
+    result, recorder, _ = fit(tiny_model(), epochs=2, lr=0.1, precision="bf16")
+    assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"]) for _, row in recorder.rows)
+    assert recorder.rows[-1][1]["train_loss"] < recorder.rows[0][1]["train_loss"]
+    assert result.best_predictions.logits.dtype == torch.float32
+
+
+def test_precision_is_checked_and_auto_is_fp32_on_a_cpu():
+    with pytest.raises(TLError, match=r"trainer.precision='fp8' is not allowed: .* auto, 32, bf16, 16-mixed"):
+        Trainer(epochs=1, device="cpu", precision="fp8")
+    assert Trainer(epochs=1, device="cpu").precision == "32"

@@ -21,6 +21,7 @@ def check_top_level(cfg: DictConfig) -> None:
             "auto, cpu, mps, cuda or cuda:N",
         ),
     }
+    rules["sweep_on_failure"] = (lambda v: v in ("continue", "stop"), "continue or stop")
     for key, (allowed, description) in rules.items():
         value = cfg.get(key)
         if not allowed(value):
@@ -33,3 +34,8 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def override_key(override: str) -> str:
+    """`+data.root=/x` -> `data.root`"""
+    return override.lstrip("+~").split("=", 1)[0]

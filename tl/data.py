@@ -13,14 +13,16 @@ import random
 import tempfile
 import urllib.error
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.datasets.utils import download_url
 from torchvision.transforms import v2
 
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 FASHION_SAMPLE_ROOT = Path(__file__).parent / "datasets" / "fashion_sample"
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+BAD_IMAGE_POLICIES = ("skip", "error")
+# Modes whose values go past 8 bits: converting them to RGB clips them, so the picture is lost.
+HIGH_BIT_DEPTH_MODES = {"I;16": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
 
 
 @dataclass
@@ -39,6 +44,7 @@ class DatasetFingerprint:
     sha256: str
     counts: dict[str, dict[str, int]]  # split -> class -> images
     files: list[tuple[str, int, str]]  # (path relative to the root, bytes, sha256), sorted
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the root, reason), sorted
 
     def changes_from(self, other_files: list[tuple[str, int, str]]) -> list[str]:
         """What differs from another manifest: `+ added`, `- removed`, `~ changed` paths."""
@@ -60,13 +66,19 @@ class ImageFolderData:
         image_size: int | None = None,
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         num_workers: int = 0,
+        on_bad_image: str = "skip",
     ) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise TLError(f"data.on_bad_image={on_bad_image!r} is not allowed: data.on_bad_image must be skip or error")
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.image_size = image_size
         self.train_crop_scale = tuple(train_crop_scale)
         self.num_workers = num_workers
         self.classes = self._check_layout()
+        self.bad_images = self._find_bad_images()  # (path relative to the root, reason), sorted
+        self._bad_paths = {path for path, _ in self.bad_images}
+        self._report_bad_images(on_bad_image)
 
     def _check_layout(self) -> list[str]:
         if not self.root.is_dir():
@@ -90,20 +102,58 @@ class ImageFolderData:
             )
         return found["train"]
 
+    def _find_bad_images(self) -> list[tuple[str, str]]:
+        """Every image file the loaders would read that cannot be decoded to RGB, found now rather
+        than as a crash in the middle of training."""
+        class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        bad = []
+        for split in ("train", "val"):
+            samples = datasets.folder.make_dataset(self.root / split, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+            for path, _ in samples:
+                problem = image_problem(Path(path))
+                if problem:
+                    bad.append((self._relative(path), problem))
+        return sorted(bad)
+
+    def _report_bad_images(self, on_bad_image: str) -> None:
+        if not self.bad_images:
+            return
+        count = len(self.bad_images)
+        if on_bad_image == "error":
+            raise TLError(
+                f"{count} unreadable image(s) in {self.root}: {_listing(self.bad_images, 10)}; "
+                "fix or remove them, or set data.on_bad_image=skip"
+            )
+        log.warning(
+            "skipping %d unreadable image(s) in %s: %s; data.on_bad_image=error stops instead",
+            count,
+            self.root,
+            _listing(self.bad_images, 5),
+        )
+
+    def _relative(self, path: str | Path) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    def _is_loadable(self, path: str) -> bool:
+        """For torchvision's `is_valid_file`, which replaces its extension check: an image that was not skipped."""
+        return has_file_allowed_extension(path, IMG_EXTENSIONS) and self._relative(path) not in self._bad_paths
+
     def fingerprint(self) -> DatasetFingerprint:
-        """A digest of every image the loaders read (relative path, size, content), and class counts."""
+        """A digest of every image the loaders read (relative path, size, content), class counts,
+        and the unreadable images left out."""
         files, counts = [], {}
         class_to_idx = {name: i for i, name in enumerate(self.classes)}
         for split in ("train", "val"):
-            samples = datasets.folder.make_dataset(self.root / split, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+            samples = datasets.folder.make_dataset(
+                self.root / split, class_to_idx, is_valid_file=self._is_loadable, allow_empty=True
+            )
             counts[split] = {name: 0 for name in self.classes}
             for path, target in samples:
                 counts[split][self.classes[target]] += 1
-                relative = Path(path).relative_to(self.root).as_posix()
-                files.append((relative, Path(path).stat().st_size, file_sha256(Path(path))))
+                files.append((self._relative(path), Path(path).stat().st_size, file_sha256(Path(path))))
         files.sort()
         digest = hashlib.sha256("".join(f"{p}\t{s}\t{h}\n" for p, s, h in files).encode()).hexdigest()
-        return DatasetFingerprint(digest, counts, files)
+        return DatasetFingerprint(digest, counts, files, list(self.bad_images))
 
     def preprocess(self, model_preprocess: Preprocess) -> Preprocess:
         """The model's preprocessing at this dataset's image size (when it sets one)."""
@@ -125,9 +175,10 @@ class ImageFolderData:
 
     def loaders(self, model_preprocess: Preprocess, seed: int) -> tuple[DataLoader, DataLoader]:
         train_transform, val_transform = self.transforms(model_preprocess)
-        # ImageFolder's loader converts grey, palette and RGBA images to RGB.
-        train_set = datasets.ImageFolder(self.root / "train", transform=train_transform, allow_empty=True)
-        val_set = datasets.ImageFolder(self.root / "val", transform=val_transform, allow_empty=True)
+        # ImageFolder's loader converts grey, palette, RGBA and CMYK images to RGB.
+        common_set = {"is_valid_file": self._is_loadable, "allow_empty": True}
+        train_set = datasets.ImageFolder(self.root / "train", transform=train_transform, **common_set)
+        val_set = datasets.ImageFolder(self.root / "val", transform=val_transform, **common_set)
         for split, dataset in (("train", train_set), ("val", val_set)):
             empty = sorted(set(dataset.classes) - {dataset.classes[t] for t in dataset.targets})
             if empty:
@@ -135,14 +186,58 @@ class ImageFolderData:
                     f"{self.root / split}: class folder(s) {', '.join(empty)} hold no images; "
                     "add images or remove the folder"
                 )
+        # Workers are not persistent: each epoch's workers are seeded from the shuffle generator, whose
+        # state a checkpoint holds, so a resumed run draws the same augmentations as an uninterrupted one.
         common = {"batch_size": self.batch_size, "num_workers": self.num_workers, "worker_init_fn": _seed_worker}
-        common["persistent_workers"] = self.num_workers > 0
         # BatchNorm cannot train on a last batch of a single image: drop it in that case only.
         lone_last_image = len(train_set) % self.batch_size == 1
         generator = torch.Generator().manual_seed(seed)
         train = DataLoader(train_set, shuffle=True, generator=generator, drop_last=lone_last_image, **common)
         val = DataLoader(val_set, shuffle=False, **common)
         return train, val
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ImageFolder's loader could not give this file as an RGB image, or None when it can.
+    Decodes the whole image once, so truncated files are found too."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            problem = _mode_problem(image.mode)
+            if problem is None:
+                image.load()
+    except UnidentifiedImageError:
+        return "not an image"
+    except Exception as error:  # anything that fails here would fail in the loader, mid-training
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return "truncated" if "truncated" in text.lower() else f"cannot be decoded: {text}"
+    return problem
+
+
+def _mode_problem(mode: str) -> str | None:
+    depth = HIGH_BIT_DEPTH_MODES.get("I;16" if mode.startswith("I;16") else mode)  # I;16, I;16B, I;16L, I;16N
+    if depth:
+        return f"{depth} image (mode {mode}): save it as 8-bit RGB"
+    if not _converts_to_rgb(mode):
+        return f"mode {mode} cannot be converted to RGB: save it as 8-bit RGB"
+    return None
+
+
+@cache
+def _converts_to_rgb(mode: str) -> bool:
+    # Pillow is asked, with a one-pixel image, rather than keeping a list of its conversions here.
+    try:
+        Image.new(mode, (1, 1)).convert("RGB")
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _listing(items: list[tuple[str, str]], limit: int) -> str:
+    """`a.png (truncated), b.jpg (not an image) and 3 more`"""
+    shown = ", ".join(f"{path} ({reason})" for path, reason in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def eval_transform(preprocess: Preprocess) -> v2.Compose:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 T = TypeVar("T")
@@ -15,6 +20,14 @@ T = TypeVar("T")
 
 class TLError(Exception):
     """A problem with the user's input or environment, with the fix in its message."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with how to resume in its message (a KeyboardInterrupt: the MLflow run ends KILLED)."""
+
+
+class JobFailed(CompactHydraException):
+    """One job of a sweep failed; Hydra prints its message alone, after the sweep's other jobs have run."""
 
 
 def find_user_error(error: BaseException) -> TLError | None:
@@ -27,17 +40,47 @@ def find_user_error(error: BaseException) -> TLError | None:
 
 
 def one_line_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
-    """For a Hydra task function: a user mistake exits with status 1 and one logged line, no traceback."""
+    """For a Hydra task function: a user mistake exits with status 1 and one logged line, no traceback;
+    Ctrl-C or SIGTERM with status 130. In a sweep, a failing job is logged and the other jobs go on
+    (unless `sweep_on_failure=stop`); the sweep then exits 1 naming the first failure."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> T:
+        log = logging.getLogger("tl")
+        previous_sigterm = None
+        if threading.current_thread() is threading.main_thread():  # a cluster's preemption, handled as Ctrl-C
+            previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             return task(cfg)
+        except KeyboardInterrupt as interrupt:
+            log.error("error: %s", interrupt if isinstance(interrupt, Interrupted) else "interrupted")
+            sys.exit(130)
         except Exception as error:
             user_error = find_user_error(error)
+            if not _in_sweep():
+                if user_error is None:
+                    raise
+                log.error("error: %s", user_error)
+                sys.exit(1)
             if user_error is None:
-                raise
-            logging.getLogger("tl").error("error: %s", user_error)
-            sys.exit(1)
+                log.exception("job failed")  # a bug: the traceback goes to the job's log
+            else:
+                log.error("error: %s", user_error)
+            if cfg.get("sweep_on_failure", "continue") == "stop":
+                sys.exit(1)
+            job = HydraConfig.get().job
+            reason = str(user_error or f"{type(error).__name__}: {error}").splitlines()[0]
+            raise JobFailed(f"sweep job {job.num} failed: {reason}") from error
+        finally:
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
 
     return wrapper
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

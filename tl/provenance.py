@@ -48,9 +48,9 @@ def code_state(directory: Path) -> CodeState:
     return CodeState(commit.strip(), bool(diff), diff)
 
 
-def environment(device: torch.device) -> dict[str, str]:
-    """Python and library versions, and the machine the run used."""
-    env = {"python": platform.python_version(), "platform": platform.platform()}
+def environment(device: torch.device, precision: str = "32") -> dict[str, str]:
+    """Python and library versions, and the machine and numeric precision the run used."""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "precision": precision}
     for package, module in PACKAGES.items():
         try:
             env[package] = importlib.import_module(module).__version__

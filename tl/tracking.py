@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from tl import evaluation
+from tl.config import override_key
 from tl.data import DatasetFingerprint
 from tl.errors import TLError
 from tl.models import Preprocess, TransferModel
@@ -41,7 +43,11 @@ CONFIG_ARTIFACT = "config/config.yaml"
 CHOICES_ARTIFACT = "config/choices.yaml"
 MANIFEST_ARTIFACT = "provenance/dataset_manifest.json"
 RERUN_OF_TAG = "tl.rerun_of"
+OUTPUT_DIR_TAG = "tl.output_dir"
 NO_WEIGHTS = "none (random init)"
+ERROR_TAG = "tl.error"
+FAILED_JOB_TAG = "tl.failed_job."  # + the job's number, on a sweep's parent run
+LOCAL_STORE = "sqlite:///mlflow.db"  # tracking.fallback=local
 
 
 def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
@@ -63,13 +69,8 @@ def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
     """A run is named by its command-line overrides; a sweep's job by the swept ones only
     (`strategy=frozen,lr=0.01`), as the parent run holds the rest."""
     if sweep_keys:
-        overrides = [o for o in overrides if _override_key(o) in sweep_keys]
+        overrides = [o for o in overrides if override_key(o) in sweep_keys]
     return ",".join(overrides) or "defaults"
-
-
-def _override_key(override: str) -> str:
-    """`+data.root=/x` -> `data.root`"""
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _describe(commit: str | None, diff_sha256: str | None) -> str:
@@ -105,9 +106,9 @@ def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConf
             f"rerun={run_id}: no run with a recorded config in {mlflow.get_tracking_uri()} "
             f"({str(error).splitlines()[0]}); give a run id from `mlflow ui` and, if needed, tracking.uri"
         ) from error
-    extra = [o for o in overrides if _override_key(o) != "rerun"]
+    extra = [o for o in overrides if override_key(o) != "rerun"]
     for override in extra:
-        key = _override_key(override)
+        key = override_key(override)
         if isinstance(OmegaConf.select(config, key), DictConfig) or key in choices:
             raise TLError(
                 f"rerun: `{override}` would swap a whole config group; a rerun keeps the original's "
@@ -119,26 +120,48 @@ def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConf
     return config, choices
 
 
-def _use_store(uri: str | None, experiment: str) -> str:
+def recorded_output_dir(run_id: str, uri: str | None) -> str:
+    """The output folder (holding its checkpoint) of an MLflow run, for `resume=RUN_ID`."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    try:
+        return MlflowClient().get_run(run_id).data.tags[OUTPUT_DIR_TAG]
+    except (MlflowException, KeyError) as error:
+        raise TLError(
+            f"resume={run_id}: no tl run with that id in {mlflow.get_tracking_uri()}; give its checkpoint "
+            "or output folder instead, or set tracking.uri to its store"
+        ) from error
+
+
+def _use_store(uri: str | None, experiment: str, fallback: str | None = None) -> str:
     # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
     # the store that a plain `mlflow ui` opens in the same folder.
-    _check_reachable(uri or mlflow.get_tracking_uri())
+    wanted = uri or mlflow.get_tracking_uri()
+    problem = _unreachable(wanted)
+    if problem and fallback == "local":
+        log.warning("the MLflow tracking server %s does not answer (%s); logging to %s instead", wanted, problem,
+                    LOCAL_STORE)  # fmt: skip
+        uri = LOCAL_STORE
+    elif problem:
+        raise TLError(
+            f"the MLflow tracking server {wanted} does not answer ({problem}); start it, point tracking.uri "
+            "(or MLFLOW_TRACKING_URI) at a running server or a local store such as sqlite:///mlflow.db, "
+            "or set tracking.fallback=local"
+        )
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.set_experiment(experiment).experiment_id
 
 
-def _check_reachable(uri: str) -> None:
-    """A tracking server that does not answer is found now, before training, not after it."""
+def _unreachable(uri: str) -> str | None:
+    """Why a tracking server does not answer (found now, before training, not after it); None if it does."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
     except OSError as error:
-        raise TLError(
-            f"the MLflow tracking server {uri} does not answer ({error}); start it, or point tracking.uri "
-            "(or MLFLOW_TRACKING_URI) at a running server or at a local store such as sqlite:///mlflow.db"
-        ) from error
+        return str(error)
+    return None
 
 
 class MlflowTracker:
@@ -156,20 +179,29 @@ class MlflowTracker:
         sweep_keys: str | None = None,
         register: str | None = None,
         alias: str | None = None,
+        fallback: str | None = None,
+        run_id: str | None = None,
     ) -> None:
+        if fallback not in (None, "local"):
+            raise TLError(f"tracking.fallback={fallback!r} is not allowed: tracking.fallback must be null or local")
         self.experiment = experiment
         self.uri = uri
         self.parent_run_id = parent_run_id
         self.register = register
         self.alias = alias
+        self.fallback = fallback
         self.run_name = run_name(overrides or [], sweep_keys.split(",") if sweep_keys else None)
-        self.run_id: str | None = None
+        self.run_id = run_id  # given: continue that run (resume=)
 
     def __enter__(self) -> MlflowTracker:
-        _use_store(self.uri, self.experiment)
-        run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
+        _use_store(self.uri, self.experiment, self.fallback)
+        if self.run_id:
+            self._check_resumable(self.run_id)
+            run = mlflow.start_run(run_id=self.run_id)
+        else:
+            run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
-        log.info("MLflow run %s (%s) in %s", self.run_id, self.run_name, mlflow.get_tracking_uri())
+        log.info("MLflow run %s (%s) in %s", self.run_id, run.info.run_name, mlflow.get_tracking_uri())
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -179,7 +211,27 @@ class MlflowTracker:
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
+            mlflow.set_tag(ERROR_TAG, (str(exc).splitlines() or [exc_type.__name__])[0][:5000])
         mlflow.end_run(RunStatus.to_string(status))
+
+    @staticmethod
+    def _check_resumable(run_id: str) -> None:
+        try:
+            run = MlflowClient().get_run(run_id)
+        except MlflowException as error:
+            raise TLError(
+                f"the checkpoint's MLflow run {run_id} is not in {mlflow.get_tracking_uri()}; resume from the "
+                "folder the run started in, or set tracking.uri to its store"
+            ) from error
+        if run.info.status == "FINISHED":
+            raise TLError(f"MLflow run {run_id} has already finished; there is nothing to resume")
+
+    def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
+        """On resume: the epochs the checkpoint holds but a crash left unlogged."""
+        logged = {metric.step for metric in MlflowClient().get_metric_history(self.run_id, "val_acc")}
+        for step, row in enumerate(history, start=1):
+            if step not in logged:
+                self.log_metrics(row, step)
 
     def log_config(self, cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig) -> None:
         """Params: the chosen option of each group and the resolved config, flattened. Tags: the
@@ -189,7 +241,7 @@ class MlflowTracker:
         params.update(flatten(cfg))
         mlflow.log_params({key: "None" if value is None else value for key, value in params.items()})
         mlflow.set_tags(
-            {"tl.overrides": " ".join(hydra_cfg.overrides.task), "tl.output_dir": hydra_cfg.runtime.output_dir}
+            {"tl.overrides": " ".join(hydra_cfg.overrides.task), OUTPUT_DIR_TAG: hydra_cfg.runtime.output_dir}
         )
         mlflow.log_text(OmegaConf.to_yaml(cfg), CONFIG_ARTIFACT)
         mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(choices)), CHOICES_ARTIFACT)
@@ -218,7 +270,13 @@ class MlflowTracker:
         if code.dirty:
             mlflow.log_text(code.diff, "provenance/uncommitted.patch")
         mlflow.log_dict(environment, "provenance/environment.json")
-        mlflow.log_dict({"sha256": dataset.sha256, "counts": dataset.counts, "files": dataset.files}, MANIFEST_ARTIFACT)
+        manifest = {"sha256": dataset.sha256, "counts": dataset.counts, "files": dataset.files}
+        mlflow.log_dict({**manifest, "skipped": dataset.skipped}, MANIFEST_ARTIFACT)
+        # Logged as 0 too, so that runs can be compared and filtered on it.
+        mlflow.log_metric("data_skipped_images", len(dataset.skipped))
+        if dataset.skipped:
+            rows = [{"path": path, "reason": reason} for path, reason in dataset.skipped]
+            mlflow.log_text(_csv_text(rows), "provenance/skipped_images.csv")
 
     def warn_if_changed(
         self, original_run_id: str, code: CodeState, dataset: DatasetFingerprint, model: TransferModel
@@ -312,16 +370,22 @@ class SweepParentRun(Callback):
     """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it."""
 
     def __init__(
-        self, experiment: str = "tl", uri: str | None = None, register: str | None = None, alias: str | None = None
+        self,
+        experiment: str = "tl",
+        uri: str | None = None,
+        register: str | None = None,
+        alias: str | None = None,
+        fallback: str | None = None,
     ) -> None:
         self.experiment = experiment
         self.uri = uri
         self.register = register
         self.alias = alias
+        self.fallback = fallback
         self.run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        experiment_id = _use_store(self.uri, self.experiment)
+        experiment_id = _use_store(self.uri, self.experiment, self.fallback)
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = " ".join(config.hydra.overrides.task)
         run = MlflowClient().create_run(
@@ -335,12 +399,23 @@ class SweepParentRun(Callback):
         swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
         swept += list(OmegaConf.select(config, "hydra.sweeper.params") or {})  # e.g. Optuna's search space
         os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
-        # If the sweep dies before on_multirun_end, the parent must not stay RUNNING.
+        # A failed job makes Hydra's sweeper raise once all jobs have run, and then on_multirun_end is
+        # not called: the parent is summarised and ended FAILED at exit instead, never left RUNNING.
         atexit.register(self._end, RunStatus.FAILED)
         log.info("MLflow sweep parent run %s", self.run_id)
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A failed job is listed on the parent, also one that failed before its own MLflow run began.
+        Runs in the job's process, whichever launcher started it."""
+        parent_run_id = os.environ.get(PARENT_RUN_ENV)
+        if job_return.status != JobStatus.FAILED or not parent_run_id:
+            return
+        reason = str(job_return._return_value).splitlines()[0] if job_return._return_value else "failed"
+        swept = os.environ.get(SWEEP_KEYS_ENV, "").split(",")
+        job = f"{run_name(list(job_return.overrides or []), swept)}: {reason}"
+        MlflowClient().set_tag(parent_run_id, f"{FAILED_JOB_TAG}{config.hydra.job.num}", job[:5000])
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._summarise()
         self._end(RunStatus.FINISHED)
 
     def _summarise(self) -> None:
@@ -360,9 +435,17 @@ class SweepParentRun(Callback):
                 if child.info.end_time
                 else None,
                 "overrides": child.data.tags.get("tl.overrides", ""),
+                "error": child.data.tags.get(ERROR_TAG, ""),
             }
             for child in children
         ]
+        failures = {key.removeprefix(FAILED_JOB_TAG): why for key, why in parent.data.tags.items()
+                    if key.startswith(FAILED_JOB_TAG)}  # fmt: skip
+        if failures:
+            client.set_tag(self.run_id, "tl.failed_jobs", str(len(failures)))
+            client.log_text(self.run_id, _csv_text([{"job": n, "error": why} for n, why in sorted(failures.items())]),
+                            "sweep/failures.csv")  # fmt: skip
+            log.error("%d sweep job(s) failed; see sweep/failures.csv on MLflow run %s", len(failures), self.run_id)
         rows.sort(key=lambda row: -1 if row["best_val_acc"] is None else row["best_val_acc"], reverse=True)
         scored = [row for row in rows if row["status"] == "FINISHED" and row["best_val_acc"] is not None]
         for row in rows:
@@ -386,7 +469,10 @@ class SweepParentRun(Callback):
     def _end(self, status: int) -> None:
         if self.run_id is None:
             return
-        MlflowClient().set_terminated(self.run_id, RunStatus.to_string(status))
+        try:
+            self._summarise()
+        finally:
+            MlflowClient().set_terminated(self.run_id, RunStatus.to_string(status))
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(SWEEP_KEYS_ENV, None)
         self.run_id = None

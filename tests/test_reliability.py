@@ -1,0 +1,226 @@
+"""End-to-end reliability: bad input gets one line, crashes lose nothing, sweeps survive their failures."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.conftest import ROOT, make_image_folder
+from tests.test_cli import run_cli, runs, tiny
+from tl import checkpoints
+
+pytestmark = pytest.mark.slow
+
+
+def layout(name: str, root: Path) -> Path:
+    """A broken dataset, by name."""
+    data = make_image_folder(root / "data", {"train": 4, "val": 2})
+    if name == "no_val":
+        shutil.rmtree(data / "val")
+    elif name == "empty_class":
+        for image in (data / "val" / "bees").iterdir():
+            image.unlink()
+    elif name == "different_classes":
+        shutil.rmtree(data / "val" / "wasps")
+    elif name == "one_class":
+        for split in ("train", "val"):
+            shutil.rmtree(data / split / "bees"), shutil.rmtree(data / split / "wasps")
+    elif name == "truncated_image":
+        good = (data / "train" / "ants" / "0.png").read_bytes()
+        (data / "train" / "ants" / "broken.png").write_bytes(good[: len(good) // 2])
+    return data
+
+
+# (name, arguments, dataset layout or None, what the one error line must say)
+BAD_INPUTS = [
+    ("negative lr", ["lr=-1"], None, "lr=-1 is not allowed: lr must be a number > 0"),
+    ("lr not a number", ["lr=abc"], None, "lr='abc' is not allowed"),
+    ("zero epochs", ["epochs=0"], None, "epochs=0 is not allowed: epochs must be a whole number >= 1"),
+    ("zero batch size", ["batch_size=0"], None, "batch_size=0 is not allowed"),
+    ("unknown device", ["device=tpu"], None, "device='tpu' is not allowed: device must be auto, cpu"),
+    ("unknown precision", ["trainer.precision=fp8"], None, "trainer.precision='fp8' is not allowed"),
+    ("unknown sweep_on_failure", ["sweep_on_failure=maybe"], None, "sweep_on_failure='maybe' is not allowed"),
+    ("missing root", ["data=image_folder", "data.root=/nonexistent/tl"], None, "/nonexistent/tl does not exist"),
+    ("no val folder", [], "no_val", "val is missing; data.root needs train/ and val/"),
+    ("empty class folder", [], "empty_class", "class folder(s) bees hold no images"),
+    ("different classes", [], "different_classes", "train/ and val/ in"),
+    ("one class", [], "one_class", "has 1 class folders; a classifier needs at least 2"),
+    ("unreadable image", ["data.on_bad_image=error"], "truncated_image", "broken.png"),
+    ("unknown on_bad_image", ["data.on_bad_image=maybe"], "truncated_image", "data.on_bad_image='maybe'"),
+    ("no such checkpoint", ["resume=/nonexistent/last.pt"], None, "not a checkpoint file, a run's output folder"),
+    ("unknown rerun id", ["rerun=0123456789abcdef0123456789abcdef"], None, "no run with a recorded config"),
+    ("rerun and resume", ["rerun=a", "resume=b"], None, "rerun= and resume= are both set"),
+    ("server down", ["tracking.uri=http://127.0.0.1:9"], None, "http://127.0.0.1:9 does not answer"),
+    ("unknown fallback", ["tracking.fallback=maybe"], None, "tracking.fallback='maybe' is not allowed"),
+    ("loss explodes", ["lr=1e12", "epochs=3"], "good", "(lr=1e+12); lower lr or check the data"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path, str]]:
+    """Every bad input run at once, two at a time (each is mostly interpreter start-up)."""
+
+    def run_one(case):
+        name, args, broken, _ = case
+        cwd = tmp_path_factory.mktemp(name.replace(" ", "_"))
+        uri = f"sqlite:///{cwd / 'mlflow.db'}"
+        if broken:
+            args = [*tiny(layout(broken, cwd)), *args]
+        return name, (run_cli(*args, "trainer.progress=false", cwd=cwd, mlflow_uri=uri), cwd, uri)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run_one, BAD_INPUTS))
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [(case[0], case[3]) for case in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_no_traceback_nothing_half_written_no_run_left_running(bad_input_results, name, message):
+    result, cwd, uri = bad_input_results[name]
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not list(cwd.rglob("*.partial"))
+    for checkpoint in cwd.rglob("checkpoints/*"):  # only a run that trained an epoch has one, whole
+        assert name == "loss explodes" and checkpoints.load(checkpoint)["epochs_done"] >= 1
+    if (cwd / "mlflow.db").exists():  # else no run was ever started
+        assert all(run.info.status in ("FAILED", "KILLED") for run in runs(uri))
+
+
+def test_unknown_group_option_keeps_hydras_list_of_options(tmp_path, mlflow_uri):
+    result = run_cli("model=nope", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "Could not find 'model/nope'" in result.stderr and "efficientnet_lite0" in result.stderr
+
+
+def test_a_failed_run_says_why_on_the_mlflow_run(bad_input_results):
+    _, _, uri = bad_input_results["loss explodes"]
+    (run,) = runs(uri)
+    assert run.info.status == "FAILED" and "(lr=1e+12); lower lr" in run.data.tags["tl.error"]
+
+
+def start_training(tmp_path: Path, data: Path, mlflow_uri: str, run_dir: Path, epochs: int = 3) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "run.py"), *tiny(data), f"epochs={epochs}", "trainer.progress=false",
+               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    return subprocess.Popen(command, cwd=tmp_path, env=cli_env(mlflow_uri), stderr=subprocess.PIPE, text=True)
+
+
+def cli_env(mlflow_uri: str) -> dict[str, str]:
+    import os
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    return env
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def histories(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient()
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
+
+
+@pytest.fixture
+def larger_folder(tmp_path: Path) -> Path:
+    # Epochs of about a second, so that a kill right after epoch 1's checkpoint lands mid-epoch 2.
+    return make_image_folder(tmp_path / "data", {"train": 30, "val": 6})
+
+
+def test_killed_mid_epoch_and_resumed_ends_as_an_uninterrupted_run(tmp_path, larger_folder, mlflow_uri):
+    run_dir = tmp_path / "killed"
+    process = start_training(tmp_path, larger_folder, mlflow_uri, run_dir)
+    wait_for(run_dir / "checkpoints" / "last.pt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (killed,) = runs(mlflow_uri)
+    assert killed.info.status == "RUNNING"  # nothing could end it
+
+    resumed = run_cli(f"resume={run_dir}", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch 1/3" in resumed.stderr
+    straight = run_cli(*tiny(larger_folder), "epochs=3", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    by_id = {run.info.run_id: run for run in runs(mlflow_uri)}
+    assert len(by_id) == 2 and all(run.info.status == "FINISHED" for run in by_id.values())
+    uninterrupted = next(run for run_id, run in by_id.items() if run_id != killed.info.run_id)
+    continued = by_id[killed.info.run_id]
+    assert histories(continued.info.run_id) == histories(uninterrupted.info.run_id)
+    assert [step for step, _ in histories(continued.info.run_id)["val_loss"]] == [1, 2, 3]
+    assert continued.data.metrics["best_val_acc"] == uninterrupted.data.metrics["best_val_acc"]
+    assert not (run_dir / "checkpoints" / "last.pt").exists()  # finished and logged: the state is not needed
+
+
+def test_ctrl_c_marks_the_run_killed_and_says_how_to_resume_by_run_id(tmp_path, larger_folder, mlflow_uri):
+    run_dir = tmp_path / "interrupted"
+    process = start_training(tmp_path, larger_folder, mlflow_uri, run_dir)
+    wait_for(run_dir / "checkpoints" / "last.pt", process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"resume={run_dir / 'checkpoints' / 'last.pt'}" in errors[0], stderr[-2000:]
+    (run,) = runs(mlflow_uri)
+    assert run.info.status == "KILLED"
+
+    resumed = run_cli(f"resume={run.info.run_id}", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run,) = runs(mlflow_uri)
+    assert run.info.status == "FINISHED" and [s for s, _ in histories(run.info.run_id)["val_acc"]] == [1, 2, 3]
+
+
+def test_parallel_sweep_with_failing_jobs_logs_every_other_job_and_lists_the_failures(
+    tmp_path, image_folder, mlflow_uri
+):
+    # Five jobs, three at a time, into the embedded sqlite store: one job's config is rejected
+    # before its run starts, one diverges mid-training; the other three must finish with every metric.
+    result = run_cli(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", *tiny(image_folder), "epochs=2",
+        "trainer.progress=false", "lr=1e-3,3e-3,1e-2,-1,1e12", cwd=tmp_path, mlflow_uri=mlflow_uri,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "sweep job 3 failed: lr=-1 is not allowed" in result.stderr
+    all_runs = runs(mlflow_uri)
+    (parent,) = [run for run in all_runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in all_runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    finished = sorted(run.info.run_name for run in children if run.info.status == "FINISHED")
+    assert finished == ["lr=0.001", "lr=0.003", "lr=0.01"]
+    for run in children:
+        if run.info.status == "FINISHED":
+            assert all([s for s, _ in history] == [1, 2] for history in histories(run.info.run_id).values())
+    (diverged,) = [run for run in children if run.info.status == "FAILED"]
+    assert diverged.info.run_name == "lr=1000000000000.0" and "(lr=1e+12); lower lr" in diverged.data.tags["tl.error"]
+    assert parent.info.status == "FAILED" and parent.data.tags["tl.failed_jobs"] == "2"
+    assert "lr=-1: sweep job 3 failed: lr=-1 is not allowed" in parent.data.tags["tl.failed_job.3"]
+    assert "loss is" in parent.data.tags["tl.failed_job.4"]
+    assert parent.data.tags["tl.best_child"] in finished
+    summary = MlflowClient().download_artifacts(parent.info.run_id, "sweep/failures.csv", str(tmp_path))
+    assert len(Path(summary).read_text().splitlines()) == 3
+
+
+def test_unreadable_images_are_skipped_counted_and_listed_by_default(tmp_path, mlflow_uri):
+    data = layout("truncated_image", tmp_path)
+    Image.new("CMYK", (40, 40), (10, 200, 30, 0)).save(data / "train" / "bees" / "cmyk.jpg")
+    result = run_cli(*tiny(data), "epochs=1", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "broken.png" in result.stderr and "cmyk.jpg" not in result.stderr
+    (run,) = runs(mlflow_uri)
+    assert run.data.metrics["data_skipped_images"] == 1
+    assert run.data.tags["tl.dataset_counts.train"] == "ants=4 bees=5 wasps=4"
