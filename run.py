@@ -5,10 +5,12 @@ python run.py strategy=frozen lr=1e-2           # change any option or key
 python run.py -m strategy=finetune,frozen lr=1e-3,1e-2   # a sweep: one parent MLflow run
 python run.py rerun=RUN_ID                      # the same run again, from its recorded config
 python run.py resume=RUN_ID_OR_FOLDER            # continue a run that crashed or was stopped
+torchrun --nproc_per_node=2 run.py               # one run over two processes (DDP)
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -16,15 +18,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tl import checkpoints
+from tl import checkpoints, distributed
 from tl.config import check_top_level
+from tl.distributed import OtherRank
 from tl.errors import Interrupted, one_line_errors
 from tl.provenance import code_state, environment
 from tl.tracking import recorded_config, recorded_output_dir
 from tl.trainer import seed_everything
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, processes: distributed.Processes) -> float:
     hydra_cfg = HydraConfig.get()
     overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
     checkpoint_path, resumed = Path(hydra_cfg.runtime.output_dir, checkpoints.LAST), None
@@ -35,24 +38,27 @@ def train(cfg: DictConfig) -> float:
     elif cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
         cfg, choices = recorded_config(cfg, overrides)
     check_top_level(cfg)
-    trainer = instantiate(cfg.trainer)  # first: its settings are checked before any work starts
+    trainer = instantiate(cfg.trainer, processes=processes)  # first: its settings are checked before any work
     seed_everything(cfg.seed)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
-    train_loader, val_loader = data.loaders(model.preprocess, seed=cfg.seed)
+    train_loader, val_loader = data.loaders(model.preprocess, seed=cfg.seed, processes=processes)
     strategy = instantiate(cfg.strategy)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
     code, dataset = code_state(Path(__file__).parent), data.fingerprint()
 
     run_id = resumed["run_id"] if resumed else None
+    tracking = instantiate(cfg.tracking, overrides=overrides, run_id=run_id) if processes.is_main else OtherRank()
     try:
-        with instantiate(cfg.tracking, overrides=overrides, run_id=run_id) as tracker:
+        with tracking as tracker:
             if resumed:
                 tracker.log_missing_epochs(resumed["history"])
             else:
                 tracker.log_config(cfg, choices, hydra_cfg)
-                tracker.log_provenance(code, environment(trainer.device, trainer.precision), dataset, model)
+                tracker.log_provenance(
+                    code, environment(trainer.device, trainer.precision, processes.world_size), dataset, model
+                )
             if cfg.rerun:
                 tracker.warn_if_changed(cfg.rerun, code, dataset, model)
             about = {"run_id": tracker.run_id, "config": OmegaConf.to_yaml(cfg), "choices": choices}
@@ -67,14 +73,21 @@ def train(cfg: DictConfig) -> float:
         raise Interrupted(
             f"interrupted; the last finished epoch is saved: continue with `python run.py resume={checkpoint_path}`"
         ) from interrupt
-    checkpoint.remove()  # the run is complete and logged
+    if processes.is_main:  # the process that wrote it; the run is complete and logged
+        checkpoint.remove()
     return result.best_val_acc
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    processes = distributed.start(cfg.device)  # one, or several under torchrun
+    if not processes.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress
+    try:
+        return train(cfg, processes)
+    finally:
+        distributed.stop(processes)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,12 @@ def runs(mlflow_uri: str) -> list:
 
 
 def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(tmp_path, image_folder, mlflow_uri):
+    good = (image_folder / "train" / "ants" / "0.png").read_bytes()
+    (image_folder / "train" / "ants" / "broken.png").write_bytes(good[: len(good) // 2])  # skipped, listed
+    Image.new("CMYK", (40, 40), (10, 200, 30, 0)).save(image_folder / "train" / "bees" / "cmyk.jpg")  # converted
     result = run_cli(*tiny(image_folder), "epochs=2", "strategy=frozen", cwd=tmp_path, mlflow_uri=mlflow_uri)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping 1 unreadable image(s)" in result.stderr and "train/ants/broken.png (truncated)" in result.stderr
     (run,) = runs(mlflow_uri)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == ",".join([*tiny(image_folder), "epochs=2", "strategy=frozen"])
@@ -61,7 +65,8 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(tmp_p
     assert "epochs=2" in run.data.tags["tl.overrides"]
     tags = run.data.tags
     assert tags["tl.env.torch"] == torch.__version__ and tags["tl.env.device"] == "cpu" and tags["tl.env.cpu"]
-    assert tags["tl.dataset_counts.train"] == "ants=6 bees=6 wasps=6" and len(tags["tl.dataset_sha256"]) == 64
+    assert tags["tl.dataset_counts.train"] == "ants=6 bees=7 wasps=6" and len(tags["tl.dataset_sha256"]) == 64
+    assert run.data.metrics["data_skipped_images"] == 1
     assert len(tags["tl.weights_sha256"]) == 64 and "efficientnet-lite0" in tags["tl.weights"]
     if (ROOT / ".git").exists():
         assert len(tags["mlflow.source.git.commit"]) == 40 and tags["tl.git_dirty"] in ("true", "false")
@@ -246,17 +251,21 @@ def test_training_registry_and_prediction_against_a_real_tracking_server(tmp_pat
     assert len(list(csv.DictReader(output.open()))) == 9
 
 
-def test_optuna_sweep_reports_every_trial_and_points_the_alias_at_the_best(tmp_path, image_folder, mlflow_uri):
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "epochs=1", "tracking.register=ants",
+def test_parallel_optuna_sweep_reports_every_trial_and_points_the_alias_at_the_best(tmp_path, image_folder, mlflow_uri):
+    # Two trials at a time: Optuna asks for two, the joblib launcher runs them in two processes.
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "epochs=1", "tracking.register=ants",
             "tracking.alias=champion", *tiny(image_folder)]  # fmt: skip
     result = run_cli(*args, cwd=tmp_path, mlflow_uri=mlflow_uri)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout  # Hydra's own log
     all_runs = runs(mlflow_uri)
     (parent,) = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert all(c.info.run_name.startswith("lr=") and ",strategy=" in c.info.run_name for c in children)
+    assert all("best_val_acc" in c.data.metrics for c in children)
     summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.csv").splitlines()
-    assert len(summary) == 4
+    assert len(summary) == 5
     champion = MlflowClient().get_model_version_by_alias("ants", "champion")
     assert champion.run_id == parent.data.tags["tl.best_child_run_id"]

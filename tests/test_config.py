@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, compose_config, make_image_folder
@@ -71,3 +72,11 @@ def test_tutorial_presets_carry_the_tutorials_exact_recipe(strategy):
     assert (cfg.scheduler._target_, cfg.scheduler.step_size, cfg.scheduler.gamma) == ("tl.schedulers.step", 7, 0.1)
     assert (cfg.batch_size, cfg.epochs, cfg.data.batch_size) == (4, 25, 4)
     assert cfg.data._target_ == "tl.data.hymenoptera" and cfg.data.image_size is None
+
+
+def test_launcher_configs_compose_without_their_clusters():
+    for launcher, target in (("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher")):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith(target)
+        assert cfg.hydra.callbacks.mlflow_sweep._target_ == "tl.tracking.SweepParentRun"

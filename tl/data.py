@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
+import sys
 import tempfile
 import urllib.error
 import zipfile
@@ -20,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.datasets.utils import download_url
 from torchvision.transforms import v2
 
+from tl.distributed import Processes
 from tl.errors import TLError
 from tl.models import Preprocess
 from tl.provenance import file_sha256
@@ -173,7 +176,12 @@ class ImageFolderData:
         )
         return train, eval_transform(pre)
 
-    def loaders(self, model_preprocess: Preprocess, seed: int) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self, model_preprocess: Preprocess, seed: int, processes: Processes | None = None
+    ) -> tuple[DataLoader, DataLoader]:
+        """Train (shuffled, seeded) and validation loaders. Under torchrun, each process trains on its
+        share of every global batch of `batch_size`; every process validates on the whole val set."""
+        processes = processes or Processes()
         train_transform, val_transform = self.transforms(model_preprocess)
         # ImageFolder's loader converts grey, palette, RGBA and CMYK images to RGB.
         common_set = {"is_valid_file": self._is_loadable, "allow_empty": True}
@@ -188,11 +196,21 @@ class ImageFolderData:
                 )
         # Workers are not persistent: each epoch's workers are seeded from the shuffle generator, whose
         # state a checkpoint holds, so a resumed run draws the same augmentations as an uninterrupted one.
-        common = {"batch_size": self.batch_size, "num_workers": self.num_workers, "worker_init_fn": _seed_worker}
-        # BatchNorm cannot train on a last batch of a single image: drop it in that case only.
-        lone_last_image = len(train_set) % self.batch_size == 1
+        batch_size = processes.per_process_batch(self.batch_size)
+        common = {"batch_size": batch_size, "num_workers": self.num_workers, "worker_init_fn": _seed_worker}
+        if self.num_workers > 0:
+            # The platform's own way to start workers, named: inside a joblib (loky) sweep job the
+            # default context is loky's, which cannot start DataLoader workers.
+            common["multiprocessing_context"] = "fork" if sys.platform == "linux" else "spawn"
         generator = torch.Generator().manual_seed(seed)
-        train = DataLoader(train_set, shuffle=True, generator=generator, drop_last=lone_last_image, **common)
+        if processes.distributed:
+            sampler = DistributedSampler(train_set, processes.world_size, processes.rank, shuffle=True, seed=seed)
+            order = {"sampler": sampler}
+        else:
+            order = {"shuffle": True}
+        # BatchNorm cannot train on a last batch of a single image: drop it in that case only.
+        lone_last_image = math.ceil(len(train_set) / processes.world_size) % batch_size == 1
+        train = DataLoader(train_set, generator=generator, drop_last=lone_last_image, **order, **common)
         val = DataLoader(val_set, shuffle=False, **common)
         return train, val
 

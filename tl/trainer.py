@@ -15,10 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from tl.checkpoints import Checkpoint, restore_rng_states, rng_states
+from tl.distributed import Processes
 from tl.errors import TLError
 from tl.evaluation import Predictions
 from tl.models import TransferModel
@@ -85,10 +87,14 @@ class Trainer:
         channels_last: bool = True,
         deterministic: bool = True,
         progress: bool = True,
+        processes: Processes | None = None,
     ) -> None:
         self.epochs = epochs
+        self.processes = processes or Processes()  # several under torchrun
         self.deterministic = deterministic
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None and self.processes.distributed:
+            self.device = torch.device("cuda", self.processes.local_rank)  # one GPU per process
         self.precision = resolve_precision(precision, self.device)
         autocast_dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(self.precision)
         self.autocast = functools.partial(
@@ -135,8 +141,10 @@ class Trainer:
             started = time.perf_counter()
             lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
             strategy.start_epoch(model, epoch)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
             train_loss, train_acc, images_per_second = self.train_one_epoch(
-                network, optimizer, schedule, train_loader, epoch
+                self._parallel(network), optimizer, schedule, train_loader, epoch
             )
             if schedule.interval == "epoch":
                 schedule.scheduler.step()
@@ -157,7 +165,7 @@ class Trainer:
                 result.best_val_acc, result.best_epoch = val_acc, epoch + 1
                 result.best_predictions = predictions
                 best_state = copy.deepcopy(network.state_dict())
-            if checkpoint is not None:
+            if checkpoint is not None and self.processes.is_main:
                 # Saved before the metrics are logged: a resume logs what a crash in between left unlogged.
                 checkpoint.save(self._state(epoch + 1, network, optimizer, schedule, train_loader, result, best_state))
             metrics.log_metrics(row, step=epoch + 1)
@@ -170,6 +178,14 @@ class Trainer:
         network.eval()
         log.info("best val acc %.4f at epoch %d; its weights are restored", result.best_val_acc, result.best_epoch)
         return result
+
+    def _parallel(self, network: nn.Module) -> nn.Module:
+        """Under torchrun: DistributedDataParallel, which averages gradients over the processes. Wrapped
+        each epoch, after the strategy has chosen what trains, as DDP only syncs what trains when wrapped."""
+        if not self.processes.distributed:
+            return network
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(network, device_ids=device_ids)
 
     def _state(
         self,
@@ -226,7 +242,10 @@ class Trainer:
         started = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         batches = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, disable=None if self.progress else True
+            loader,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            leave=False,
+            disable=None if self.progress and self.processes.is_main else True,
         )
         for step, (images, labels) in enumerate(batches, start=1):
             images, labels = images.to(self.device, memory_format=self.memory_format), labels.to(self.device)
@@ -248,6 +267,7 @@ class Trainer:
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
             batches.set_postfix(loss=f"{total_loss / seen:.4f}")
+        total_loss, correct, seen = self.processes.sum(total_loss, correct, seen)  # over all processes
         # Images actually trained on: a dropped lone last image is not counted.
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - started)
 
