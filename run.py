@@ -39,7 +39,8 @@ def train(cfg: DictConfig, processes: distributed.Processes) -> float:
         cfg, choices = recorded_config(cfg, overrides)
     check_top_level(cfg)
     trainer = instantiate(cfg.trainer, processes=processes)  # first: its settings are checked before any work
-    seed_everything(cfg.seed)
+    # Each process draws its own augmentations; DDP starts every process from rank 0's weights.
+    seed_everything(cfg.seed + processes.rank)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
     train_loader, val_loader = data.loaders(model.preprocess, seed=cfg.seed, processes=processes)
@@ -68,6 +69,8 @@ def train(cfg: DictConfig, processes: distributed.Processes) -> float:
             )
             tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
     except KeyboardInterrupt as interrupt:
+        if not processes.is_main:
+            raise  # rank 0 says how to resume
         if not checkpoint_path.is_file():
             raise Interrupted("interrupted before the first epoch finished; there is nothing to resume") from interrupt
         raise Interrupted(

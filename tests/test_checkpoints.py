@@ -11,10 +11,11 @@ from tl.checkpoints import Checkpoint
 from tl.errors import TLError
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
+ABOUT = {"run_id": RUN_ID, "config": "lr: 0.1\n"}  # what run.py adds to every saved state
 
 
 def test_save_replaces_the_file_whole_and_leaves_no_partial_file(tmp_path):
-    checkpoint = Checkpoint(tmp_path / "checkpoints" / "last.pt", {"run_id": RUN_ID})
+    checkpoint = Checkpoint(tmp_path / "checkpoints" / "last.pt", ABOUT)
     checkpoint.save({"epochs_done": 1, "weights": torch.ones(3)})
     checkpoint.save({"epochs_done": 2, "weights": torch.zeros(3)})
     state = checkpoints.load(checkpoint.path)
@@ -25,7 +26,7 @@ def test_save_replaces_the_file_whole_and_leaves_no_partial_file(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
-    checkpoint = Checkpoint(tmp_path / "last.pt")
+    checkpoint = Checkpoint(tmp_path / "last.pt", ABOUT)
     checkpoint.save({"epochs_done": 1})
     with pytest.raises((pickle.PicklingError, AttributeError)):  # a local function cannot be pickled
         checkpoint.save({"epochs_done": 2, "not saveable": lambda: None})
@@ -36,7 +37,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
 def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
     generator = torch.Generator().manual_seed(5)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    Checkpoint(tmp_path / "last.pt").save({"rng": checkpoints.rng_states(generator)})
+    Checkpoint(tmp_path / "last.pt", ABOUT).save({"epochs_done": 1, "rng": checkpoints.rng_states(generator)})
     expected = (random.random(), np.random.rand(), torch.rand(1), torch.rand(1, generator=generator))
     random.seed(7), np.random.seed(7), torch.manual_seed(7), generator.manual_seed(7)
     checkpoints.restore_rng_states(checkpoints.load(tmp_path / "last.pt")["rng"], generator)
@@ -45,7 +46,7 @@ def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
 
 def test_locate_takes_a_file_a_run_folder_or_a_run_id(tmp_path):
     path = tmp_path / "run" / checkpoints.LAST
-    Checkpoint(path).save({})
+    Checkpoint(path, ABOUT).save({"epochs_done": 1})
     never = lambda run_id: pytest.fail("not a run id")  # noqa: E731
     assert checkpoints.locate(resume(path), never) == path
     assert checkpoints.locate(resume(tmp_path / "run"), never) == path
@@ -62,10 +63,14 @@ def resume(value) -> DictConfig:
     return OmegaConf.create({"resume": str(value), "rerun": None})
 
 
-def test_load_names_a_file_that_is_not_a_checkpoint(tmp_path):
+def test_load_names_a_file_that_is_not_a_checkpoint_in_one_line(tmp_path):
     (tmp_path / "last.pt").write_text("not a checkpoint")
-    with pytest.raises(TLError, match="is not a readable tl checkpoint"):
+    with pytest.raises(TLError, match="is not a readable tl checkpoint") as error:
         checkpoints.load(tmp_path / "last.pt")
+    assert "\n" not in str(error.value)
+    torch.save({"state_dict": {}, "classes": ["a", "b"]}, tmp_path / "best.pt")  # the MLflow artifact
+    with pytest.raises(TLError, match=r"best.pt is not a training state to resume"):
+        checkpoints.load(tmp_path / "best.pt")
 
 
 def test_a_resume_restores_the_recorded_config_and_may_change_only_where_it_runs():

@@ -118,7 +118,7 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(
     torch.manual_seed(1)
     with pytest.raises(Crash):
         fit(tiny_model(), epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2),
-            checkpoint=CrashAfter(tmp_path / "last.pt", {"run_id": "abc"}))  # fmt: skip
+            checkpoint=CrashAfter(tmp_path / "last.pt", {"run_id": "abc", "config": ""}))  # fmt: skip
     state = checkpoints.load(tmp_path / "last.pt")  # weights_only=True
     assert state["epochs_done"] == 2 and state["run_id"] == "abc"
     torch.manual_seed(99)  # a fresh process: different RNG state and a new head until the state is restored

@@ -44,6 +44,7 @@ class Checkpoint:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, self.path)
+            _fsync_directory(self.path.parent)  # the rename itself survives a power cut
         except BaseException:
             Path(partial).unlink(missing_ok=True)
             raise
@@ -55,11 +56,23 @@ class Checkpoint:
             partial.unlink(missing_ok=True)
 
 
+def _fsync_directory(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def load(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise TLError(f"{path} is not a readable tl checkpoint ({error}); give the checkpoint of a tl run") from error
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise TLError(f"{path} is not a readable tl checkpoint ({reason}); give a run's {LAST}") from error
+    if not isinstance(state, dict) or not {"config", "run_id", "epochs_done"} <= state.keys():
+        raise TLError(f"{path} is not a training state to resume (is it a best.pt?); give a run's {LAST}")
+    return state
 
 
 def locate(cfg: DictConfig, output_dir_of: Callable[[str], str]) -> Path:
@@ -110,7 +123,8 @@ def restore_rng_states(states: dict[str, Any], train_generator: torch.Generator 
 
 
 # What a resume may change: where and how visibly it runs, not what it computes.
-RESUME_MAY_CHANGE = ("resume", "device", "trainer.device", "trainer.progress", "data.num_workers", "sweep_on_failure")
+RESUME_MAY_CHANGE = ("resume", "device", "trainer.device", "trainer.progress", "data.num_workers", "tracking.uri",
+                     "tracking.fallback")  # fmt: skip
 
 
 def resumed_config(resume: str, overrides: list[str], state: dict[str, Any]) -> tuple[DictConfig, dict[str, str]]:

@@ -59,7 +59,8 @@ def start(device: str) -> Processes:
     if gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if gpu else "gloo")
+        # With GPUs, nccl for the gradients and gloo for the small CPU tensors of summed metrics.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
     return Processes(dist.get_rank(), world_size, local_rank)
 
 

@@ -48,10 +48,10 @@ def code_state(directory: Path) -> CodeState:
     return CodeState(commit.strip(), bool(diff), diff)
 
 
-def environment(device: torch.device, precision: str = "32", processes: int = 1) -> dict[str, str]:
+def environment(device: torch.device, precision: str = "32", world_size: int = 1) -> dict[str, str]:
     """Python and library versions, the machine, and the precision and number of processes the run used."""
     env = {"python": platform.python_version(), "platform": platform.platform(), "precision": precision}
-    env["processes"] = str(processes)
+    env["processes"] = str(world_size)
     for package, module in PACKAGES.items():
         try:
             env[package] = importlib.import_module(module).__version__

@@ -198,6 +198,8 @@ class MlflowTracker:
         if self.run_id:
             self._check_resumable(self.run_id)
             run = mlflow.start_run(run_id=self.run_id)
+            if ERROR_TAG in run.data.tags:  # from the attempt that failed; this one may not
+                MlflowClient().delete_tag(self.run_id, ERROR_TAG)
         else:
             run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
