@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tl import checkpoints, distributed
+from tl import checkpoints, distributed, features
 from tl.config import check_top_level
 from tl.distributed import OtherRank
 from tl.errors import Interrupted, one_line_errors
@@ -48,6 +48,12 @@ def train(cfg: DictConfig, processes: distributed.Processes) -> float:
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
     code, dataset = code_state(Path(__file__).parent), data.fingerprint()
+    trained, fit_train, fit_val = model, train_loader, val_loader  # what the epoch loop sees
+    if getattr(strategy, "cache_features", False) and not processes.distributed:
+        trained = features.head_only(model)
+        fit_train, fit_val = features.cached_loaders(
+            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, trainer.device
+        )
 
     run_id = resumed["run_id"] if resumed else None
     tracking = instantiate(cfg.tracking, overrides=overrides, run_id=run_id) if processes.is_main else OtherRank()
@@ -65,7 +71,7 @@ def train(cfg: DictConfig, processes: distributed.Processes) -> float:
             about = {"run_id": tracker.run_id, "config": OmegaConf.to_yaml(cfg), "choices": choices}
             checkpoint = checkpoints.Checkpoint(checkpoint_path, about)
             result = trainer.fit(
-                model, strategy, optimizer, schedule, train_loader, val_loader, tracker, checkpoint, resumed
+                trained, strategy, optimizer, schedule, fit_train, fit_val, tracker, checkpoint, resumed
             )
             tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
     except KeyboardInterrupt as interrupt:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl.config import override_key
 from tl.errors import TLError
+from tl.interrupts import uninterrupted
 
 LAST = Path("checkpoints") / "last.pt"  # inside the run's output folder
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -34,6 +35,7 @@ class Checkpoint:
         self.path = Path(path)
         self.about = about or {}
 
+    @uninterrupted()
     def save(self, state: dict[str, Any]) -> None:
         """Write to a temporary file beside `path`, then rename: a crash leaves the old or the new one, whole."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -176,6 +176,13 @@ class ImageFolderData:
         )
         return train, eval_transform(pre)
 
+    def train_views(self, model_preprocess: Preprocess) -> datasets.ImageFolder:
+        """The training images in their validation view (no augmentation): what a feature cache holds."""
+        pre = self.preprocess(model_preprocess)
+        return datasets.ImageFolder(
+            self.root / "train", transform=eval_transform(pre), is_valid_file=self._is_loadable, allow_empty=True
+        )
+
     def loaders(
         self, model_preprocess: Preprocess, seed: int, processes: Processes | None = None
     ) -> tuple[DataLoader, DataLoader]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -14,6 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from tl import interrupts
 
 T = TypeVar("T")
 
@@ -47,11 +47,9 @@ def one_line_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> T:
         log = logging.getLogger("tl")
-        previous_sigterm = None
-        if threading.current_thread() is threading.main_thread():  # a cluster's preemption, handled as Ctrl-C
-            previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
-            return task(cfg)
+            with interrupts.handled():
+                return task(cfg)
         except KeyboardInterrupt as interrupt:
             log.error("error: %s", interrupt if isinstance(interrupt, Interrupted) else "interrupted")
             sys.exit(130)
@@ -71,15 +69,8 @@ def one_line_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T
             job = HydraConfig.get().job
             reason = str(user_error or f"{type(error).__name__}: {error}").splitlines()[0]
             raise JobFailed(f"sweep job {job.num} failed: {reason}") from error
-        finally:
-            if previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, previous_sigterm)
 
     return wrapper
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _in_sweep() -> bool:

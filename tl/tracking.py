@@ -29,6 +29,7 @@ from tl import evaluation
 from tl.config import override_key
 from tl.data import DatasetFingerprint
 from tl.errors import TLError
+from tl.interrupts import uninterrupted
 from tl.models import Preprocess, TransferModel
 from tl.provenance import CodeState
 from tl.trainer import FitResult
@@ -206,6 +207,7 @@ class MlflowTracker:
         log.info("MLflow run %s (%s) in %s", self.run_id, run.info.run_name, mlflow.get_tracking_uri())
         return self
 
+    @uninterrupted()
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc_type is None:
             status = RunStatus.FINISHED
@@ -228,6 +230,7 @@ class MlflowTracker:
         if run.info.status == "FINISHED":
             raise TLError(f"MLflow run {run_id} has already finished; there is nothing to resume")
 
+    @uninterrupted()
     def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
         """On resume: the epochs the checkpoint holds but a crash left unlogged."""
         logged = {metric.step for metric in MlflowClient().get_metric_history(self.run_id, "val_acc")}
@@ -235,6 +238,7 @@ class MlflowTracker:
             if step not in logged:
                 self.log_metrics(row, step)
 
+    @uninterrupted()
     def log_config(self, cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig) -> None:
         """Params: the chosen option of each group and the resolved config, flattened. Tags: the
         command-line overrides. Artifacts: the config as run (what `rerun=` rebuilds), resolved,
@@ -251,6 +255,7 @@ class MlflowTracker:
         if hydra_cfg.output_subdir:  # Hydra's config.yaml, hydra.yaml, overrides.yaml
             mlflow.log_artifacts(str(Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir)), "config/hydra")
 
+    @uninterrupted()
     def log_provenance(
         self, code: CodeState, environment: dict[str, str], dataset: DatasetFingerprint, model: TransferModel
     ) -> None:
@@ -280,6 +285,7 @@ class MlflowTracker:
             rows = [{"path": path, "reason": reason} for path, reason in dataset.skipped]
             mlflow.log_text(_csv_text(rows), "provenance/skipped_images.csv")
 
+    @uninterrupted()
     def warn_if_changed(
         self, original_run_id: str, code: CodeState, dataset: DatasetFingerprint, model: TransferModel
     ) -> list[str]:
@@ -303,6 +309,7 @@ class MlflowTracker:
             mlflow.set_tag("tl.rerun_differs", "; ".join(changes)[:5000])
         return changes
 
+    @uninterrupted()
     def log_result(
         self, result: FitResult, model: TransferModel, classes: list[str], preprocess: Preprocess, val_set: Dataset
     ) -> None:
@@ -338,6 +345,7 @@ class MlflowTracker:
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"evaluation/{name}")
 
+    @uninterrupted()
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics(metrics, step=step)
 

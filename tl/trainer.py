@@ -179,6 +179,10 @@ class Trainer:
         log.info("best val acc %.4f at epoch %d; its weights are restored", result.best_val_acc, result.best_epoch)
         return result
 
+    def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
+        # Images get the memory format; cached feature vectors (2-D) have none.
+        return inputs.to(self.device, memory_format=self.memory_format if inputs.dim() == 4 else torch.preserve_format)
+
     def _parallel(self, network: nn.Module) -> nn.Module:
         """Under torchrun: DistributedDataParallel, which averages gradients over the processes. Wrapped
         each epoch, after the strategy has chosen what trains, as DDP only syncs what trains when wrapped."""
@@ -248,7 +252,7 @@ class Trainer:
             disable=None if self.progress and self.processes.is_main else True,
         )
         for step, (images, labels) in enumerate(batches, start=1):
-            images, labels = images.to(self.device, memory_format=self.memory_format), labels.to(self.device)
+            images, labels = self._to_device(images), labels.to(self.device)
             optimizer.zero_grad()
             with self.autocast():
                 logits = network(images)
@@ -277,7 +281,7 @@ class Trainer:
         logits, labels = [], []
         for images, batch_labels in loader:
             with self.autocast():
-                logits.append(network(images.to(self.device, memory_format=self.memory_format)).float().cpu())
+                logits.append(network(self._to_device(images)).float().cpu())
             labels.append(batch_labels)
         return Predictions(torch.cat(logits), torch.cat(labels))
 
