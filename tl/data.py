@@ -178,9 +178,12 @@ class ImageFolderData:
 
     def train_views(self, model_preprocess: Preprocess) -> datasets.ImageFolder:
         """The training images in their validation view (no augmentation): what a feature cache holds."""
-        pre = self.preprocess(model_preprocess)
+        return self._split("train", eval_transform(self.preprocess(model_preprocess)))
+
+    def _split(self, split: str, transform: v2.Compose) -> datasets.ImageFolder:
+        # ImageFolder's loader converts grey, palette, RGBA and CMYK images to RGB.
         return datasets.ImageFolder(
-            self.root / "train", transform=eval_transform(pre), is_valid_file=self._is_loadable, allow_empty=True
+            self.root / split, transform=transform, is_valid_file=self._is_loadable, allow_empty=True
         )
 
     def loaders(
@@ -190,10 +193,7 @@ class ImageFolderData:
         share of every global batch of `batch_size`; every process validates on the whole val set."""
         processes = processes or Processes()
         train_transform, val_transform = self.transforms(model_preprocess)
-        # ImageFolder's loader converts grey, palette, RGBA and CMYK images to RGB.
-        common_set = {"is_valid_file": self._is_loadable, "allow_empty": True}
-        train_set = datasets.ImageFolder(self.root / "train", transform=train_transform, **common_set)
-        val_set = datasets.ImageFolder(self.root / "val", transform=val_transform, **common_set)
+        train_set, val_set = self._split("train", train_transform), self._split("val", val_transform)
         for split, dataset in (("train", train_set), ("val", val_set)):
             empty = sorted(set(dataset.classes) - {dataset.classes[t] for t in dataset.targets})
             if empty:
