@@ -43,7 +43,9 @@ def train(cfg: DictConfig, processes: distributed.Processes) -> float:
     seed_everything(cfg.seed + processes.rank)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
-    train_loader, val_loader = data.loaders(model.preprocess, seed=cfg.seed, processes=processes)
+    train_loader, val_loader = data.loaders(
+        model.preprocess, seed=cfg.seed, processes=processes, pin_memory=trainer.device.type == "cuda"
+    )
     strategy = instantiate(cfg.strategy)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
@@ -52,8 +54,9 @@ def train(cfg: DictConfig, processes: distributed.Processes) -> float:
     if getattr(strategy, "cache_features", False) and not processes.distributed:
         trained = features.head_only(model)
         fit_train, fit_val = features.cached_loaders(
-            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, trainer.device
-        )
+            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, trainer,
+            strategy.cache_dir, dataset.sha256,
+        )  # fmt: skip
 
     run_id = resumed["run_id"] if resumed else None
     tracking = instantiate(cfg.tracking, overrides=overrides, run_id=run_id) if processes.is_main else OtherRank()

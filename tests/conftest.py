@@ -33,6 +33,13 @@ def make_image_folder(root: Path, per_class: dict[str, int] | None = None, size:
     return root
 
 
+@pytest.fixture(autouse=True)
+def feature_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tl's caches (features, downloads) in the test's tmp dir, for this process and any `run.py` it starts."""
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "tl-cache"))
+    return tmp_path / "tl-cache"
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")

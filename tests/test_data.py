@@ -228,3 +228,53 @@ def test_a_class_left_without_images_after_skipping_is_the_empty_class_error(ima
     data = image_folder_data(image_folder)
     with pytest.raises(TLError, match="class folder\\(s\\) bees hold no images"):
         data.loaders(PRE, seed=0)
+
+
+def _batches(loader):
+    torch.manual_seed(0)  # the same augmentation draws for both loaders
+    return [(images.clone(), labels.clone()) for images, labels in loader]
+
+
+def test_images_kept_in_memory_give_the_same_batches_as_files_read_every_epoch(image_folder, monkeypatch):
+    cached = image_folder_data(image_folder, image_size=32, cache_images=True)
+    uncached = image_folder_data(image_folder, image_size=32, cache_images=False)
+    (cached_train, cached_val), (train, val) = cached.loaders(PRE, seed=1), uncached.loaders(PRE, seed=1)
+    assert len(cached.images.stored) == 27 and uncached.images is None
+    expected = _batches(train), _batches(val)
+    # The cached loaders read no file any more.
+    monkeypatch.setattr("torchvision.datasets.folder.default_loader", lambda path: pytest.fail(f"read {path}"))
+    for ours, theirs in zip((_batches(cached_train), _batches(cached_val)), expected, strict=True):
+        assert len(ours) == len(theirs)
+        for (images, labels), (their_images, their_labels) in zip(ours, theirs, strict=True):
+            assert torch.equal(images, their_images) and torch.equal(labels, their_labels)
+
+
+def test_large_images_are_kept_at_the_size_the_smallest_crop_needs(tmp_path):
+    root = make_image_folder(tmp_path / "data", {"train": 2, "val": 1})
+    Image.new("RGB", (900, 600), (200, 40, 40)).save(root / "train" / "ants" / "big.png")
+    data = image_folder_data(root, image_size=32, train_crop_scale=(0.5, 1.0))
+    data.loaders(PRE, seed=0)
+    stored = data.images.stored[str(root / "train" / "ants" / "big.png")]
+    # A crop of half the area at aspect 3:4 has a shorter side of sqrt(0.375) of the image's.
+    assert stored.size == (80, 53) and stored.mode == "RGB"
+    small = data.images.stored[str(root / "train" / "ants" / "0.png")]
+    assert small.size == (40, 40)  # smaller images are kept as they are
+
+
+def test_images_past_the_memory_budget_are_read_from_disk(image_folder):
+    data = image_folder_data(image_folder, image_size=32)
+    data.images.max_bytes = 10 * 40 * 40 * 3  # room for 10 of the 40 px RGB images
+    train, _ = data.loaders(PRE, seed=0)
+    assert len(data.images.stored) == 10 and data.images.full
+    images, _ = next(iter(train))
+    assert images.shape[1:] == (3, 32, 32)
+    assert sum(len(batch) for batch, _ in train) == 18
+
+
+def test_persistent_workers_are_an_opt_in_that_needs_workers(image_folder):
+    assert not image_folder_data(image_folder).loaders(PRE, seed=0)[0].persistent_workers
+    assert not image_folder_data(image_folder, persistent_workers=True).persistent_workers  # no workers
+    data = image_folder_data(image_folder, image_size=32, num_workers=1, persistent_workers=True)
+    train, val = data.loaders(PRE, seed=0)
+    assert train.persistent_workers and val.persistent_workers
+    assert [len(labels) for _ in range(2) for _, labels in train] == [4, 4, 4, 4, 2] * 2

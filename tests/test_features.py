@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -5,6 +6,9 @@ from tests.conftest import make_image_folder
 from tl import features
 from tl.data import image_folder
 from tl.models import efficientnet_lite0
+from tl.trainer import Trainer
+
+CPU_TRAINER = Trainer(epochs=1, device="cpu", precision="32")
 
 
 def test_the_head_on_cached_features_gives_the_full_networks_logits(tmp_path):
@@ -27,9 +31,60 @@ def test_cached_loaders_keep_the_image_loaders_batching_and_shuffle(tmp_path):
     data = image_folder(str(make_image_folder(tmp_path / "data", {"train": 5, "val": 2})), batch_size=7, image_size=32)
     train_loader, val_loader = data.loaders(model.preprocess, seed=0)
     train, val = features.cached_loaders(
-        model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, torch.device("cpu")
+        model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, CPU_TRAINER
     )
     assert isinstance(train.dataset, TensorDataset) and len(train) == len(train_loader) and len(val) == len(val_loader)
     assert train.drop_last == train_loader.drop_last and train.generator is train_loader.generator
     head_model = features.head_only(model)
     assert head_model.network is model.head and head_model.head is model.head
+
+
+def _cached(model, data, cache_dir, trainer=CPU_TRAINER):
+    train_loader, val_loader = data.loaders(model.preprocess, seed=0)
+    views = data.train_views(model.preprocess)
+    sha = data.fingerprint().sha256
+    return features.cached_loaders(model, views, val_loader.dataset, train_loader, val_loader, trainer, cache_dir, sha)
+
+
+def test_features_on_disk_are_reused_by_the_next_run_instead_of_computed(tmp_path, monkeypatch):
+    model = efficientnet_lite0(num_classes=3)
+    data = image_folder(str(make_image_folder(tmp_path / "data")), batch_size=4, image_size=32)
+    first_train, first_val = _cached(model, data, tmp_path / "features")
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 1
+    monkeypatch.setattr(features, "extract", lambda *args, **kwargs: pytest.fail("features computed again"))
+    second_train, second_val = _cached(model, data, tmp_path / "features")
+    for first, second in ((first_train, second_train), (first_val, second_val)):
+        for ours, theirs in zip(first.dataset.tensors, second.dataset.tensors, strict=True):
+            assert torch.equal(ours, theirs)
+
+
+def test_the_cache_key_changes_with_the_weights_the_transforms_the_images_and_the_precision(tmp_path):
+    model = efficientnet_lite0(num_classes=3)
+    folder = make_image_folder(tmp_path / "data")
+    data = image_folder(str(folder), batch_size=4, image_size=32)
+
+    def key(model=model, data=data, trainer=CPU_TRAINER):
+        _, val_loader = data.loaders(model.preprocess, seed=0)
+        views = data.train_views(model.preprocess)
+        return features.cache_key(model, views, val_loader.dataset, data.fingerprint().sha256, trainer)
+
+    original = key()
+    assert key() == original  # a new head (another run) does not change the backbone's features
+    assert key(model=efficientnet_lite0(num_classes=5)) == original
+    assert key(model=efficientnet_lite0(num_classes=3, pretrained=False)) != original
+    assert key(data=image_folder(str(folder), batch_size=4, image_size=48)) != original
+    assert key(trainer=Trainer(epochs=1, device="cpu", precision="bf16")) != original
+    (folder / "train" / "ants" / "0.png").write_bytes((folder / "train" / "bees" / "0.png").read_bytes())
+    assert key(data=image_folder(str(folder), batch_size=4, image_size=32)) != original
+
+
+def test_a_damaged_cache_entry_is_computed_again_and_replaced(tmp_path, caplog):
+    model = efficientnet_lite0(num_classes=3)
+    data = image_folder(str(make_image_folder(tmp_path / "data")), batch_size=4, image_size=32)
+    expected, _ = _cached(model, data, tmp_path / "features")
+    (entry,) = (tmp_path / "features").glob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:100])
+    again, _ = _cached(model, data, tmp_path / "features")
+    assert "unreadable" in caplog.text
+    assert torch.equal(again.dataset.tensors[0], expected.dataset.tensors[0])
+    assert torch.load(entry, weights_only=True)["train"][0].shape == expected.dataset.tensors[0].shape

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 import sys
 import tempfile
 import urllib.error
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 FASHION_SAMPLE_ROOT = Path(__file__).parent / "datasets" / "fashion_sample"
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 BAD_IMAGE_POLICIES = ("skip", "error")
+IMAGE_CACHE_BYTES = 2 * 2**30  # decoded images kept in memory, at most
 # Modes whose values go past 8 bits: converting them to RGB clips them, so the picture is lost.
 HIGH_BIT_DEPTH_MODES = {"I;16": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
 
@@ -70,6 +73,8 @@ class ImageFolderData:
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         num_workers: int = 0,
         on_bad_image: str = "skip",
+        cache_images: bool = True,
+        persistent_workers: bool = False,
     ) -> None:
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise TLError(f"data.on_bad_image={on_bad_image!r} is not allowed: data.on_bad_image must be skip or error")
@@ -78,6 +83,8 @@ class ImageFolderData:
         self.image_size = image_size
         self.train_crop_scale = tuple(train_crop_scale)
         self.num_workers = num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.images = DecodedImages(IMAGE_CACHE_BYTES) if cache_images else None
         self.classes = self._check_layout()
         self.bad_images = self._find_bad_images()  # (path relative to the root, reason), sorted
         self._bad_paths = {path for path, _ in self.bad_images}
@@ -178,22 +185,37 @@ class ImageFolderData:
 
     def train_views(self, model_preprocess: Preprocess) -> datasets.ImageFolder:
         """The training images in their validation view (no augmentation): what a feature cache holds."""
-        return self._split("train", eval_transform(self.preprocess(model_preprocess)))
+        pre = self.preprocess(model_preprocess)
+        return self._split("train", eval_transform(pre), pre.input_size)
 
-    def _split(self, split: str, transform: v2.Compose) -> datasets.ImageFolder:
+    def _split(self, split: str, transform: v2.Compose, input_size: int) -> datasets.ImageFolder:
         # ImageFolder's loader converts grey, palette, RGBA and CMYK images to RGB.
-        return datasets.ImageFolder(
+        dataset = datasets.ImageFolder(
             self.root / split, transform=transform, is_valid_file=self._is_loadable, allow_empty=True
         )
+        if self.images is not None and self._workers_share_memory():
+            self.images.add([path for path, _ in dataset.samples], self._largest_needed_side(input_size))
+            dataset.loader = self.images
+        return dataset
+
+    def _workers_share_memory(self) -> bool:
+        # Forked workers see the parent's memory; spawned ones would get a pickled copy every epoch.
+        return self.num_workers == 0 or _worker_start_method() == "fork"
+
+    def _largest_needed_side(self, input_size: int) -> int:
+        """The shorter side beyond which a stored image can be scaled down without any crop the
+        augmentation takes (smallest area, narrowest aspect ratio 3:4) being upscaled from it."""
+        return math.ceil(input_size / math.sqrt(self.train_crop_scale[0] * 3 / 4))
 
     def loaders(
-        self, model_preprocess: Preprocess, seed: int, processes: Processes | None = None
+        self, model_preprocess: Preprocess, seed: int, processes: Processes | None = None, pin_memory: bool = False
     ) -> tuple[DataLoader, DataLoader]:
         """Train (shuffled, seeded) and validation loaders. Under torchrun, each process trains on its
         share of every global batch of `batch_size`; every process validates on the whole val set."""
         processes = processes or Processes()
         train_transform, val_transform = self.transforms(model_preprocess)
-        train_set, val_set = self._split("train", train_transform), self._split("val", val_transform)
+        size = self.preprocess(model_preprocess).input_size
+        train_set, val_set = self._split("train", train_transform, size), self._split("val", val_transform, size)
         for split, dataset in (("train", train_set), ("val", val_set)):
             empty = sorted(set(dataset.classes) - {dataset.classes[t] for t in dataset.targets})
             if empty:
@@ -201,14 +223,17 @@ class ImageFolderData:
                     f"{self.root / split}: class folder(s) {', '.join(empty)} hold no images; "
                     "add images or remove the folder"
                 )
-        # Workers are not persistent: each epoch's workers are seeded from the shuffle generator, whose
-        # state a checkpoint holds, so a resumed run draws the same augmentations as an uninterrupted one.
         batch_size = processes.per_process_batch(self.batch_size)
-        common = {"batch_size": batch_size, "num_workers": self.num_workers, "worker_init_fn": _seed_worker}
+        common = {
+            "batch_size": batch_size,
+            "num_workers": self.num_workers,
+            "worker_init_fn": _seed_worker,
+            "pin_memory": pin_memory,  # page-locked batches copy to a GPU asynchronously
+        }
         if self.num_workers > 0:
             # The platform's own way to start workers, named: inside a joblib (loky) sweep job the
             # default context is loky's, which cannot start DataLoader workers.
-            common["multiprocessing_context"] = "fork" if sys.platform == "linux" else "spawn"
+            common["multiprocessing_context"] = _worker_start_method()
         generator = torch.Generator().manual_seed(seed)
         if processes.distributed:
             sampler = DistributedSampler(train_set, processes.world_size, processes.rank, shuffle=True, seed=seed)
@@ -217,9 +242,62 @@ class ImageFolderData:
             order = {"shuffle": True}
         # BatchNorm cannot train on a last batch of a single image: drop it in that case only.
         lone_last_image = math.ceil(len(train_set) / processes.world_size) % batch_size == 1
-        train = DataLoader(train_set, generator=generator, drop_last=lone_last_image, **order, **common)
-        val = DataLoader(val_set, shuffle=False, **common)
+        # Workers are not persistent by default: each epoch's workers are seeded from the shuffle generator,
+        # whose state a checkpoint holds, so a resumed run draws the same augmentations as an uninterrupted
+        # one. Persistent workers (opt-in) save each epoch's start and give up that exactness.
+        train = DataLoader(
+            train_set, generator=generator, drop_last=lone_last_image, persistent_workers=self.persistent_workers,
+            **order, **common,
+        )  # fmt: skip
+        val = DataLoader(val_set, shuffle=False, persistent_workers=self.persistent_workers, **common)
         return train, val
+
+
+class DecodedImages:
+    """ImageFolder's loader with memory: images decoded (to RGB) once, up to `max_bytes` in all, so
+    epochs after the first read no file. Filled before the DataLoader workers start, which share it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.stored: dict[str, Image.Image] = {}
+        self.bytes = 0
+        self.full = False
+
+    def add(self, paths: list[str], largest_side: int | None = None) -> None:
+        """Decode `paths` (in threads: Pillow decodes without the GIL), each scaled down to a shorter
+        side of `largest_side` when larger, until the budget is spent."""
+        if self.full:
+            return
+        missing = [path for path in paths if path not in self.stored]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for path, image in zip(missing, pool.map(lambda p: _decoded(p, largest_side), missing), strict=True):
+                size = len(image.getbands()) * image.width * image.height
+                if self.bytes + size > self.max_bytes:
+                    self.full = True
+                    break
+                self.stored[path] = image
+                self.bytes += size
+        if self.full:
+            log.info(
+                "%d images (%.0f MiB) kept in memory; the others are read from disk every epoch",
+                len(self.stored), self.bytes / 2**20,
+            )  # fmt: skip
+
+    def __call__(self, path: str) -> Image.Image:
+        image = self.stored.get(path)
+        return image if image is not None else datasets.folder.default_loader(path)
+
+
+def _decoded(path: str, largest_side: int | None) -> Image.Image:
+    image = datasets.folder.default_loader(path)
+    if largest_side is not None and min(image.size) > largest_side:
+        scale = largest_side / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    return image
+
+
+def _worker_start_method() -> str:
+    return "fork" if sys.platform == "linux" else "spawn"
 
 
 def image_problem(path: Path) -> str | None:

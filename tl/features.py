@@ -3,21 +3,34 @@
 The rule: each image is cached in its validation view (resize and centre crop), so the head trains
 without augmentation; a frozen backbone in eval mode gives the same features every epoch, and the
 tutorial's 25 epochs cost one pass through the backbone instead of 25.
+
+The features are also kept on disk (`strategy.cache_dir`), keyed on everything they depend on: the
+backbone's architecture and weights, the transforms, the images, the precision and the device type.
+A sweep over lr or the optimizer reuses them; any change to those makes a new entry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tl.checkpoints import Checkpoint
 from tl.models import TransferModel
+from tl.provenance import state_dict_sha256
 
 log = logging.getLogger(__name__)
+
+EXTRACT_BATCH_SIZE = 64  # inference only, so larger batches than training's just run faster
+CACHE_FORMAT = 1  # bump when what is stored changes
 
 
 @contextlib.contextmanager
@@ -40,13 +53,23 @@ def _parent_of(network: nn.Module, head: nn.Module) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def extract(model: TransferModel, dataset: Dataset, batch_size: int, device: torch.device) -> TensorDataset:
+def extract(
+    model: TransferModel,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    loader_options: dict[str, Any] | None = None,
+) -> TensorDataset:
     """Every image's features (in the dataset's order) and its label."""
-    model.network.to(device).eval()
+    model.network.to(device, memory_format=memory_format).eval()
     features, labels = [], []
+    batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, **(loader_options or {}))
     with without_head(model) as backbone:
-        for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            features.append(backbone(images.to(device)).float().cpu())
+        for images, batch_labels in batches:
+            with autocast():
+                features.append(backbone(images.to(device, memory_format=memory_format)).float().cpu())
             labels.append(batch_labels)
     return TensorDataset(torch.cat(features), torch.cat(labels))
 
@@ -56,20 +79,69 @@ def head_only(model: TransferModel) -> TransferModel:
     return TransferModel(model.head, model.head, [], model.preprocess, model.weights, model.weights_sha256)
 
 
+def cache_key(model: TransferModel, train_views: Dataset, val_set: Dataset, images_sha256: str, trainer: Any) -> str:
+    """What the features depend on, as one digest: a change to any part gives another key."""
+    with without_head(model) as backbone:
+        parts = {
+            "format": CACHE_FORMAT,
+            "architecture": repr(backbone),
+            "weights": state_dict_sha256(backbone.state_dict()),
+            "train_transform": repr(getattr(train_views, "transform", None)),
+            "val_transform": repr(getattr(val_set, "transform", None)),
+            "images": images_sha256,
+            "precision": trainer.precision,
+            "memory_format": str(trainer.memory_format),
+            "device": trainer.device.type,
+            "torch": torch.__version__,
+        }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def cached_loaders(
     model: TransferModel,
     train_views: Dataset,
     val_set: Dataset,
     train_loader: DataLoader,
     val_loader: DataLoader,
-    device: torch.device,
+    trainer: Any,
+    cache_dir: str | Path | None = None,
+    images_sha256: str | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Loaders of features with the image loaders' batch size, shuffle generator and last-batch rule."""
-    train = extract(model, train_views, train_loader.batch_size, device)
-    val = extract(model, val_set, val_loader.batch_size, device)
-    log.info("cached %d train and %d val feature vectors of size %d", len(train), len(val), train.tensors[0].shape[1])
+    """Loaders of features with the image loaders' batch size, shuffle generator and last-batch rule.
+
+    With `cache_dir` (and the images' digest), features found there are loaded instead of computed,
+    and computed ones are saved there."""
+    path = None
+    if cache_dir is not None and images_sha256 is not None:
+        key = cache_key(model, train_views, val_set, images_sha256, trainer)
+        path = Path(cache_dir).expanduser() / f"{key}.pt"
+    stored = _load(path)
+    if stored is not None:
+        train, val = TensorDataset(*stored["train"]), TensorDataset(*stored["val"])
+        log.info("loaded %d train and %d val feature vectors from %s", len(train), len(val), path)
+    else:
+        options = {"num_workers": train_loader.num_workers, "pin_memory": train_loader.pin_memory}
+        if train_loader.num_workers > 0:
+            options["multiprocessing_context"] = train_loader.multiprocessing_context
+        run = {"device": trainer.device, "autocast": trainer.autocast, "memory_format": trainer.memory_format}
+        train = extract(model, train_views, EXTRACT_BATCH_SIZE, loader_options=options, **run)
+        val = extract(model, val_set, EXTRACT_BATCH_SIZE, loader_options=options, **run)
+        size = train.tensors[0].shape[1]
+        log.info("cached %d train and %d val feature vectors of size %d", len(train), len(val), size)
+        if path is not None:
+            Checkpoint(path).save({"train": list(train.tensors), "val": list(val.tensors)})  # atomic
     return (
         DataLoader(train, batch_size=train_loader.batch_size, shuffle=True, generator=train_loader.generator,
                    drop_last=train_loader.drop_last),
         DataLoader(val, batch_size=val_loader.batch_size, shuffle=False),
     )  # fmt: skip
+
+
+def _load(path: Path | None) -> dict[str, list[torch.Tensor]] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged entry is recomputed (and replaced), never trusted
+        log.warning("feature cache %s is unreadable (%s); computing the features again", path, error)
+        return None

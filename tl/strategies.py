@@ -41,11 +41,13 @@ class Frozen:
     """Fixed feature extractor: only the new head trains (the tutorial's second scenario).
 
     With `cache_features`, the backbone's features are computed once and the head trains on them
-    (tl/features.py): the same head in a fraction of the time, trained without augmentation.
+    (tl/features.py): the same head in a fraction of the time, trained without augmentation. With
+    `cache_dir`, they are kept there for the next run on the same backbone, transforms and images.
     """
 
-    def __init__(self, cache_features: bool = True) -> None:
+    def __init__(self, cache_features: bool = True, cache_dir: str | None = None) -> None:
         self.cache_features = cache_features
+        self.cache_dir = cache_dir
 
     def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
         return [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}]

@@ -369,6 +369,9 @@ class MlflowTracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata=metadata,
                 registered_model_name=self.register,
+                # MLflow would load the model back and predict the example: ~3 s a run. The tests
+                # load and predict with this format instead (tests/test_tracking.py).
+                validate_serving_input=False,
             )
         # In a sweep the alias goes to the best job's version when the sweep ends, not to each job's.
         if self.register and self.alias and not self.parent_run_id:

@@ -128,8 +128,12 @@ class Trainer:
             # Bit-reproducible on a CPU (same machine, threads and seed); on CUDA it rules out
             # nondeterministic kernels, which cuBLAS needs a fixed workspace for.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(self.deterministic)
+        # Deterministic mode would also fill every new tensor with NaN first (in case an op leaves some of
+        # it unwritten): a cost on every allocation, for ops this loop does not use.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        # cuDNN's autotuner picks the fastest convolution for each input shape; its picks can vary by run.
+        torch.backends.cudnn.benchmark = not self.deterministic
         network = model.network.to(self.device, memory_format=self.memory_format)
         result = FitResult(best_val_acc=-1.0, best_epoch=0)
         best_state = copy.deepcopy(network.state_dict())
@@ -181,7 +185,8 @@ class Trainer:
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
         # Images get the memory format; cached feature vectors (2-D) have none.
-        return inputs.to(self.device, memory_format=self.memory_format if inputs.dim() == 4 else torch.preserve_format)
+        memory_format = self.memory_format if inputs.dim() == 4 else torch.preserve_format
+        return inputs.to(self.device, memory_format=memory_format, non_blocking=True)  # async from pinned memory
 
     def _parallel(self, network: nn.Module) -> nn.Module:
         """Under torchrun: DistributedDataParallel, which averages gradients over the processes. Wrapped
@@ -252,7 +257,7 @@ class Trainer:
             disable=None if self.progress and self.processes.is_main else True,
         )
         for step, (images, labels) in enumerate(batches, start=1):
-            images, labels = self._to_device(images), labels.to(self.device)
+            images, labels = self._to_device(images), labels.to(self.device, non_blocking=True)
             optimizer.zero_grad()
             with self.autocast():
                 logits = network(images)
