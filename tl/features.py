@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tl.checkpoints import Checkpoint
 from tl.models import TransferModel
 from tl.provenance import state_dict_sha256
+
+if TYPE_CHECKING:
+    from tl.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,9 @@ def head_only(model: TransferModel) -> TransferModel:
     return TransferModel(model.head, model.head, [], model.preprocess, model.weights, model.weights_sha256)
 
 
-def cache_key(model: TransferModel, train_views: Dataset, val_set: Dataset, images_sha256: str, trainer: Any) -> str:
+def cache_key(
+    model: TransferModel, train_views: Dataset, val_set: Dataset, images_sha256: str, trainer: Trainer
+) -> str:
     """What the features depend on, as one digest: a change to any part gives another key."""
     with without_head(model) as backbone:
         parts = {
@@ -103,7 +108,7 @@ def cached_loaders(
     val_set: Dataset,
     train_loader: DataLoader,
     val_loader: DataLoader,
-    trainer: Any,
+    trainer: Trainer,
     cache_dir: str | Path | None = None,
     images_sha256: str | None = None,
 ) -> tuple[DataLoader, DataLoader]:
