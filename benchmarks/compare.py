@@ -238,14 +238,18 @@ def median_epoch(epoch_ends: list[float]) -> float | None:
 
 
 def add_ratios(results: list[dict]) -> None:
+    """Each run's ratios to the tutorial loop of its scenario, taken per round (runs of one round ran
+    back to back, so a slow spell of the machine cancels out) and summed up by their medians."""
     baselines = {r["scenario"]: r for r in results if r["arm"].startswith("tutorial/")}
     for result in results:
         base = baselines.get(result["scenario"])
         if base is None:
             continue
-        result["speedup_wall"] = base["wall_s"] / result["wall_s"]
-        if result["epoch_s"] and base["epoch_s"]:
-            result["epoch_time_ratio"] = result["epoch_s"] / base["epoch_s"]
+        rounds = list(zip(base.get("repeats", [base]), result.get("repeats", [result]), strict=True))
+        result["speedup_wall"] = statistics.median(b["wall_s"] / r["wall_s"] for b, r in rounds)
+        epoch_ratios = [r["epoch_s"] / b["epoch_s"] for b, r in rounds if r["epoch_s"] and b["epoch_s"]]
+        if epoch_ratios:
+            result["epoch_time_ratio"] = statistics.median(epoch_ratios)
         result["acc_points_vs_tutorial"] = 100 * (result["best_val_acc"] - base["best_val_acc"])
 
 

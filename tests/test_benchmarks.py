@@ -37,6 +37,19 @@ def test_ratios_are_to_the_tutorial_loop_of_the_same_scenario():
     assert frozen["acc_points_vs_tutorial"] == pytest.approx(-1.0)
 
 
+def test_ratios_pair_the_runs_of_each_round_so_a_slow_spell_of_the_machine_cancels_out():
+    def arm(name: str, epoch_seconds: list[float]) -> dict:
+        repeats = [{"wall_s": 10 * s, "epoch_s": s, "best_val_acc": 0.5} for s in epoch_seconds]
+        return {"arm": name, "scenario": "finetune", **compare.medians([{**r, "peak_mb": 1.0} for r in repeats]),
+                "repeats": repeats}  # fmt: skip
+
+    # The machine slowed down in round 2 and sped up in round 3; tl was 10% slower in rounds 1 and 2.
+    tutorial, tl = arm("tutorial/finetune", [10.0, 20.0, 30.0]), arm("tl-fp32/finetune", [11.0, 22.0, 12.0])
+    compare.add_ratios([tutorial, tl])
+    assert tl["epoch_time_ratio"] == pytest.approx(1.1)  # not 12 / 20, the ratio of the medians
+    assert tl["speedup_wall"] == pytest.approx(1 / 1.1)
+
+
 def test_epoch_time_is_the_median_gap_between_epoch_ends():
     assert compare.median_epoch([10.0, 12.0, 13.0, 20.0]) == 2.0  # gaps 2, 1, 7
     assert compare.median_epoch([10.0]) is None

@@ -130,6 +130,25 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(
     assert torch.equal(resumed.best_predictions.logits, uninterrupted.best_predictions.logits)
 
 
+def test_a_checkpoint_holds_the_last_and_the_best_weights_and_writes_them_once_when_they_are_the_same(tmp_path):
+    saved = []
+
+    class Keep(Checkpoint):
+        def save(self, state):
+            super().save(state)
+            saved.append(checkpoints.load(self.path))
+
+    model = tiny_model()
+    _, recorder, _ = fit(model, epochs=4, checkpoint=Keep(tmp_path / "last.pt", {"run_id": "abc", "config": ""}))
+    improving = {state["epochs_done"] for state in saved if state["best"]["epoch"] == state["epochs_done"]}
+    assert improving and improving != {1, 2, 3, 4}  # both kinds of epoch occur in this run
+    for state, logged in zip(saved, recorder.states, strict=True):
+        last, best = state["network"], state["best"]["network"]
+        assert all(torch.equal(last[k], logged[k]) for k in logged)  # the weights at the end of that epoch
+        same_storage = last["0.weight"].untyped_storage().data_ptr() == best["0.weight"].untyped_storage().data_ptr()
+        assert same_storage == (state["epochs_done"] in improving)
+
+
 def test_bf16_autocast_trains_and_stays_finite():
     result, recorder, _ = fit(tiny_model(), epochs=2, lr=0.1, precision="bf16")
     assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"]) for _, row in recorder.rows)

@@ -209,7 +209,8 @@ class Trainer:
         best = result.best_predictions
         return {
             "epochs_done": epochs_done,
-            "network": network.state_dict(),
+            # After an improving epoch the weights are the best ones: the same tensors are written once.
+            "network": best_state if result.best_epoch == epochs_done else network.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
