@@ -1,9 +1,10 @@
-"""benchmarks/compare.py: that it runs and reports what it measured (its figures are not checked here)."""
+"""benchmarks/: that the scripts run and report what they measured (their figures are not checked here)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -106,3 +107,14 @@ def test_compare_runs_the_tutorial_loop_and_tl_side_by_side_and_writes_the_table
     assert tutorial["epoch_s"] > 0 and fp32["epoch_time_ratio"] == pytest.approx(fp32["epoch_s"] / tutorial["epoch_s"])
     assert "speedup_wall" not in fast  # no tutorial/frozen run to compare with
     assert "| tl-fp32/finetune |" in finished.stdout and "32 px, batch 4, 2 epochs" in finished.stdout
+
+
+def test_train_step_times_fp32_against_bf16_channels_last_in_pairs():
+    command = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--image-size", "32", "--pairs", "3"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["training step", "evaluation"]
+    for line in lines:
+        assert re.search(r"fp32 \d+ ms, bf16 \+ channels_last \d+ ms .* median \d+\.\d\dx, quartiles", line), line
+        assert "(batch 4, 32 px" in line
