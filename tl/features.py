@@ -32,11 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Inference only, so the batch size is the fastest one, not training's. On a CPU, large batches are
-# slower per image once activations outgrow the caches (2-core Xeon, ms per image at batch 8 / 64:
-# ResNet-18 29 / 40, EfficientNet-Lite0 23 / 49, fp32); a GPU wants them large.
-EXTRACT_BATCH_SIZES = {"cpu": 8}
-EXTRACT_BATCH_SIZE = 64
 CACHE_FORMAT = 1  # bump when what is stored changes
 
 
@@ -57,6 +52,13 @@ def _parent_of(network: nn.Module, head: nn.Module) -> tuple[nn.Module, str]:
             if child is head:
                 return module, name
     raise ValueError("the head is not a submodule of the network")
+
+
+def extract_batch_size(device: torch.device) -> int:
+    """Inference only, so the fastest batch size, not training's. On a CPU, large batches are slower per
+    image once activations outgrow the caches (2-core Xeon, ms per image at batch 8 / 64: ResNet-18
+    29 / 40, EfficientNet-Lite0 23 / 49, fp32); a GPU wants them large."""
+    return 8 if device.type == "cpu" else 64
 
 
 @torch.no_grad()
@@ -133,7 +135,7 @@ def cached_loaders(
         if train_loader.num_workers > 0:
             options["multiprocessing_context"] = train_loader.multiprocessing_context
         run = {"device": trainer.device, "autocast": trainer.autocast, "memory_format": trainer.memory_format}
-        batch_size = EXTRACT_BATCH_SIZES.get(trainer.device.type, EXTRACT_BATCH_SIZE)
+        batch_size = extract_batch_size(trainer.device)
         train = extract(model, train_views, batch_size, loader_options=options, **run)
         val = extract(model, val_set, batch_size, loader_options=options, **run)
         size = train.tensors[0].shape[1]
