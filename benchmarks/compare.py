@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
 from tl.data import FASHION_SAMPLE_ROOT  # noqa: E402
 from tl.models import efficientnet_lite0_imagenet  # noqa: E402
+from tl.provenance import cpu_features, cpu_model  # noqa: E402
 
 SIZES = {  # epochs, image size
     "small": (3, 112),
@@ -254,9 +255,8 @@ def add_ratios(results: list[dict]) -> None:
 
 
 def machine(device: str) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    about = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    about = {"cpu": cpu_model(), "cpu_features": " ".join(cpu_features()), "cores": os.cpu_count(),
+             "torch": torch.__version__, "python": platform.python_version(),
              "cpu_bf16": fast_precision("cpu") == "bf16"}  # fmt: skip
     if device.startswith("cuda"):
         about["gpu"] = torch.cuda.get_device_name()
@@ -278,7 +278,7 @@ def table(report: dict) -> str:
     s, m = report["settings"], report["machine"]
     caption = (f"{s['model']} ({s['weights']} weights), {s['data']}, {s['image_size']} px, batch {s['batch_size']}, "
                f"{s['epochs']} epochs, {s['workers']} workers, {s['device']}, medians of {s['repeat']} run(s) "
-               f"per row; {m['cpu']}, {m['cores']} cores"
+               f"per row; {m['cpu']} ({m.get('cpu_features') or 'no AVX'}), {m['cores']} cores"
                + (f", {m['gpu']}" if "gpu" in m else "") + f", torch {m['torch']}")  # fmt: skip
     return caption + "\n\n" + "\n".join(rows)
 

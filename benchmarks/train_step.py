@@ -20,6 +20,8 @@ import torch
 import torchvision
 from torch import nn
 
+from tl.provenance import cpu_features, cpu_model
+
 
 def steps(fast: bool, batch_size: int, image_size: int) -> tuple[Callable[[], None], Callable[[], None]]:
     """A training step and an evaluation forward on a fixed random batch."""
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=30)
     args = parser.parse_args()
     torch.manual_seed(0)
+    print(f"{cpu_model()} ({' '.join(cpu_features()) or 'no AVX'}), torch {torch.__version__}")
     (fp32_train, fp32_eval), (fast_train, fast_eval) = (steps(fast, args.batch_size, args.image_size)
                                                         for fast in (False, True))  # fmt: skip
     for step in (fp32_train, fast_train, fp32_eval, fast_eval):  # warm-up: oneDNN builds its kernels

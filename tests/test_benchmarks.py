@@ -7,20 +7,24 @@ import json
 import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 
 import pytest
+import torch
 
 from tests.conftest import ROOT, make_image_folder
+from tl.provenance import cpu_model
 
 
-def _compare_module():
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+def _benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-compare = _compare_module()
+compare = _benchmark_module("compare")
+overhead = _benchmark_module("overhead")
 
 
 def test_ratios_are_to_the_tutorial_loop_of_the_same_scenario():
@@ -113,8 +117,98 @@ def test_train_step_times_fp32_against_bf16_channels_last_in_pairs():
     command = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--image-size", "32", "--pairs", "3"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    lines = finished.stdout.splitlines()
+    machine, *lines = finished.stdout.splitlines()
+    assert machine.startswith(cpu_model()) and f"torch {torch.__version__}" in machine  # which CPU it came from
     assert [line.split(":")[0] for line in lines] == ["training step", "evaluation"]
     for line in lines:
         assert re.search(r"fp32 \d+ ms, bf16 \+ channels_last \d+ ms .* median \d+\.\d\dx, quartiles", line), line
         assert "(batch 4, 32 px" in line
+
+
+def _at(seconds: float) -> str:
+    """A Hydra log timestamp `seconds` after 2026-11-29 13:50:00 (local time, as the parser reads it)."""
+    return (datetime(2026, 11, 29, 13, 50) + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+
+
+START = datetime(2026, 11, 29, 13, 50).timestamp()
+WARNING = "/venv/torch/utils/data/dataloader.py:431: UserWarning: This DataLoader will create 4 worker processes"
+
+
+def _frozen_log(first: bool) -> str:
+    features = (
+        [f"[{_at(5.0)}][tl.features][INFO] - computing the backbone's features of 800 train and 200 val images",
+         WARNING, f"[{_at(14.5)}][tl.features][INFO] - cached 800 train and 200 val feature vectors of size 512",
+         "2026/11/29 13:50:15 INFO mlflow.store.db.utils: Creating initial MLflow database tables..."]
+        if first
+        else [f"[{_at(4.75)}][tl.features][INFO] - loaded 800 train and 200 val feature vectors from /c/f/0a.pt"]
+    )  # fmt: skip
+    checks = [f"[{_at(3.1)}][tl.manifest][INFO] - checking 1000 new or changed file(s) in /data",
+              f"[{_at(4.6)}][tl.manifest][INFO] - checked 1000 file(s) in 1.5 s"] if first else []  # fmt: skip
+    return "\n".join([
+        f"[{_at(3.0)}][tl][INFO] - starting: config checked, libraries loaded", *checks, *features,
+        f"[{_at(19.0)}][tl.tracking][INFO] - MLflow run 0123abcd (+experiment=tutorial_frozen) in sqlite:///m.db",
+        f"[{_at(19.5)}][tl.trainer][INFO] - epoch 1/3  train loss 0.7 acc 0.5 | val loss 0.7 acc 0.5 | 0.2s, 400 img/s",
+        f"[{_at(19.8)}][tl.trainer][INFO] - epoch 2/3  train loss 0.6 acc 0.6 | val loss 0.6 acc 0.6 | 0.3s, 267 img/s",
+        f"[{_at(20.1)}][tl.trainer][INFO] - epoch 3/3  train loss 0.5 acc 0.7 | val loss 0.5 acc 0.7 | 0.3s, 267 img/s",
+        f"[{_at(20.1)}][tl.trainer][INFO] - best val acc 0.7000 at epoch 3; its weights are restored",
+        f"[{_at(23.0)}][tl.tracking][INFO] - run 0123abcd: best val acc 0.7000 (epoch 3); browse it with `mlflow ui`",
+    ])  # fmt: skip
+
+
+def test_a_first_frozen_runs_phases_run_from_one_log_line_to_the_next():
+    measured = overhead.phases(overhead.parse_log(_frozen_log(first=True)), START, START + 24.0)
+    expected = {"imports_s": 3.0, "data_set_up_s": 2.0, "features_s": 9.5, "run_start_s": 4.8, "epochs_s": 0.8,
+                "wrap_up_s": 3.9, "whole_s": 24.0}  # fmt: skip
+    assert measured == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
+                        "features": "computed", "checked_files": 1000}  # fmt: skip
+    phases = [measured[key] for key in expected if key != "whole_s"]
+    assert sum(phases) == pytest.approx(measured["whole_s"])  # the phases cover the run, end to end
+
+
+def test_a_repeat_runs_data_set_up_lasts_until_its_cached_features_are_loaded():
+    measured = overhead.phases(overhead.parse_log(_frozen_log(first=False)), START, START + 24.0)
+    assert measured["features"] == "loaded" and measured["features_s"] is None and measured["checked_files"] == 0
+    assert measured["data_set_up_s"] == pytest.approx(1.75) and measured["run_start_s"] == pytest.approx(14.55)
+
+
+def test_without_features_the_data_set_up_lasts_until_the_mlflow_run_starts():
+    log = _frozen_log(first=False).replace("[tl.features]", "[elsewhere]")
+    measured = overhead.phases(overhead.parse_log(log), START, START + 24.0)
+    assert measured["features"] is None and measured["data_set_up_s"] == pytest.approx(16.0)
+    assert measured["run_start_s"] == pytest.approx(0.3)
+
+
+def test_a_run_without_the_start_line_is_reported_not_guessed():
+    log = "\n".join(line for line in _frozen_log(first=True).splitlines() if "starting:" not in line)
+    with pytest.raises(ValueError, match="'starting:' line"):
+        overhead.phases(overhead.parse_log(log), START, START + 24.0)
+
+
+def test_the_tutorial_loops_first_epoch_is_taken_as_long_as_its_others():
+    assert overhead.tutorial_phases([10.0, 12.0, 14.0], 0.0, 15.0) == {
+        "before_epochs_s": 8.0, "epochs_s": 6.0, "wrap_up_s": 1.0, "whole_s": 15.0,
+    }  # fmt: skip
+    assert overhead.tutorial_phases([10.0], 0.0, 15.0) == {"whole_s": 15.0}
+
+
+@pytest.mark.slow
+def test_overhead_times_a_first_and_a_repeat_run_and_writes_the_table(tmp_path):
+    out = tmp_path / "overhead.json"
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--images", "24", "--epochs", "1",
+        "--finetune-epochs", "0", "--no-tutorial-run", "--out", str(out),
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    report = json.loads(out.read_text())
+    first, repeat = report["runs"]
+    assert (first["features"], first["checked_files"]) == ("computed", 24)
+    assert (repeat["features"], repeat["checked_files"]) == ("loaded", 0)  # the manifest and the features were found
+    for run in report["runs"]:
+        parts = [run[key] or 0 for key in ("imports_s", "data_set_up_s", "features_s", "run_start_s", "epochs_s",
+                                           "wrap_up_s")]  # fmt: skip
+        assert all(part >= 0 for part in parts) and sum(parts) == pytest.approx(run["whole_s"])
+    assert report["tutorial_start"]["data_set_up_s"] > 0 and "tutorial_run" not in report
+    assert set(report["bars"]) == {"data_set_up_repeat_s", "tutorial_to_first_batch_s",
+                                   "data_set_up_minus_tutorial_s", "wrap_up_first_s", "wrap_up_repeat_s"}  # fmt: skip
+    assert "| tl frozen, repeat (1 epoch) |" in finished.stdout and report["machine"]["cpu"] in finished.stdout

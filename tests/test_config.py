@@ -32,6 +32,19 @@ def test_every_group_has_the_documented_options():
     assert options("data") == ["fashion_sample", "hymenoptera", "image_folder"]
 
 
+_default_models: dict[int, TransferModel] = {}
+
+
+def built_model(group: str, option: str, cfg, num_classes: int) -> TransferModel:
+    """The model option under test, built; for the other groups the default model, built once (the options
+    of the other groups do not change it, and building it is most of each case's time)."""
+    if group == "model":
+        return instantiate(cfg.model, num_classes=num_classes)
+    if num_classes not in _default_models:
+        _default_models[num_classes] = instantiate(cfg.model, num_classes=num_classes)
+    return _default_models[num_classes]
+
+
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
 def test_option_composes_and_instantiates(tmp_path, group, option):
     root = make_image_folder(tmp_path / "data", {"train": 2, "val": 1})
@@ -46,7 +59,7 @@ def test_option_composes_and_instantiates(tmp_path, group, option):
     )
     data = instantiate(cfg.data)
     assert isinstance(data, ImageFolderData)
-    model = instantiate(cfg.model, num_classes=len(data.classes))
+    model = built_model(group, option, cfg, len(data.classes))
     assert isinstance(model, TransferModel)
     assert model.network(torch.randn(2, 3, 64, 64)).shape == (2, len(data.classes))
     strategy = instantiate(cfg.strategy)
@@ -79,4 +92,4 @@ def test_launcher_configs_compose_without_their_clusters():
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
         assert cfg.hydra.launcher._target_.endswith(target)
-        assert cfg.hydra.callbacks.mlflow_sweep._target_ == "tl.tracking.SweepParentRun"
+        assert cfg.hydra.callbacks.mlflow_sweep._target_ == "tl.sweep.SweepParentRun"

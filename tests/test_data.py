@@ -239,36 +239,57 @@ def test_images_kept_in_memory_give_the_same_batches_as_files_read_every_epoch(i
     cached = image_folder_data(image_folder, image_size=32, cache_images=True)
     uncached = image_folder_data(image_folder, image_size=32, cache_images=False)
     (cached_train, cached_val), (train, val) = cached.loaders(PRE, seed=1), uncached.loaders(PRE, seed=1)
-    assert len(cached.images.stored) == 27 and uncached.images is None
-    expected = _batches(train), _batches(val)
+    assert len(cached.images) == 0 and uncached.images is None  # nothing decoded before the first batch
+    first = [(_batches(cached_train), _batches(cached_val)), (_batches(train), _batches(val))]
+    assert len(cached.images) == 27  # the first epoch stored every image it read
     # The cached loaders read no file any more.
     monkeypatch.setattr("torchvision.datasets.folder.default_loader", lambda path: pytest.fail(f"read {path}"))
-    for ours, theirs in zip((_batches(cached_train), _batches(cached_val)), expected, strict=True):
-        assert len(ours) == len(theirs)
-        for (images, labels), (their_images, their_labels) in zip(ours, theirs, strict=True):
-            assert torch.equal(images, their_images) and torch.equal(labels, their_labels)
+    second = [(_batches(cached_train), _batches(cached_val))]
+    monkeypatch.undo()
+    second.append((_batches(train), _batches(val)))
+    for ours, theirs in (first, second):
+        for our_batches, their_batches in zip(ours, theirs, strict=True):
+            assert len(our_batches) == len(their_batches)
+            for (images, labels), (their_images, their_labels) in zip(our_batches, their_batches, strict=True):
+                assert torch.equal(images, their_images) and torch.equal(labels, their_labels)
+
+
+def test_images_that_workers_decode_are_kept_for_the_next_epochs_workers(image_folder, monkeypatch):
+    data = image_folder_data(image_folder, image_size=32, num_workers=2)
+    train, _ = data.loaders(PRE, seed=0)
+    assert sum(len(labels) for _, labels in train) == 18
+    assert len(data.images) == 18  # written by the workers, seen by the parent
+    # Forked after this, the next epoch's workers fail if they read a file.
+    monkeypatch.setattr("torchvision.datasets.folder.default_loader", lambda path: pytest.fail(f"read {path}"))
+    assert sum(len(labels) for _, labels in train) == 18
 
 
 def test_large_images_are_kept_at_the_size_the_smallest_crop_needs(tmp_path):
     root = make_image_folder(tmp_path / "data", {"train": 2, "val": 1})
     Image.new("RGB", (900, 600), (200, 40, 40)).save(root / "train" / "ants" / "big.png")
     data = image_folder_data(root, image_size=32, train_crop_scale=(0.5, 1.0))
-    data.loaders(PRE, seed=0)
-    stored = data.images.stored[str(root / "train" / "ants" / "big.png")]
+    train, _ = data.loaders(PRE, seed=0)
+    list(train)
+    stored = data.images.get(str(root / "train" / "ants" / "big.png"))
     # A crop of half the area at aspect 3:4 has a shorter side of sqrt(0.375) of the image's.
     assert stored.size == (80, 53) and stored.mode == "RGB"
-    small = data.images.stored[str(root / "train" / "ants" / "0.png")]
+    small = data.images.get(str(root / "train" / "ants" / "0.png"))
     assert small.size == (40, 40)  # smaller images are kept as they are
 
 
-def test_images_past_the_memory_budget_are_read_from_disk(image_folder):
-    data = image_folder_data(image_folder, image_size=32)
-    data.images.max_bytes = 10 * 40 * 40 * 3  # room for 10 of the 40 px RGB images
+def test_images_past_the_memory_budget_are_read_from_disk_at_the_same_size(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    big = root / "train" / "ants" / "big.png"
+    Image.new("RGB", (900, 600), (200, 40, 40)).save(big)
+    data = image_folder_data(root, image_size=32, train_crop_scale=(0.5, 1.0))
+    data.images.max_bytes = 2 * 40 * 40 * 3  # room for two of the 40 px RGB images; the big one needs 80 x 53
     train, _ = data.loaders(PRE, seed=0)
-    assert len(data.images.stored) == 10 and data.images.full
+    assert sum(len(batch) for batch, _ in train) == 19
+    assert len(data.images) == 2 and data.images.full and data.images.get(str(big)) is None
+    assert data.images.load(str(big), largest_side=53).size == (80, 53)  # scaled down alike, though not kept
     images, _ = next(iter(train))
     assert images.shape[1:] == (3, 32, 32)
-    assert sum(len(batch) for batch, _ in train) == 18
+    assert sum(len(batch) for batch, _ in train) == 19
 
 
 def test_persistent_workers_are_an_opt_in_that_needs_workers(image_folder):

@@ -2,7 +2,6 @@
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -53,9 +52,9 @@ def fit_tiny(processes: Processes) -> tuple[dict, list[dict]]:
     return network.state_dict(), history.rows
 
 
-def train_on_rank(rank: int, world_size: int, port: int, output: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def train_on_rank(rank: int, world_size: int, rendezvous: str, output: str) -> None:
+    # The processes meet through a file, not a TCP port: no port to find free and then lose to another process.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
         result = fit_tiny(Processes(rank, world_size, rank))
         if rank == 0:
@@ -64,15 +63,9 @@ def train_on_rank(rank: int, world_size: int, port: int, output: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_train_the_same_weights_as_one_on_the_same_global_batch(tmp_path):
     output = tmp_path / "rank0.pt"
-    mp.spawn(train_on_rank, args=(2, free_port(), str(output)), nprocs=2, join=True)
+    mp.spawn(train_on_rank, args=(2, str(tmp_path / "rendezvous"), str(output)), nprocs=2, join=True)
     distributed_weights, distributed_rows = torch.load(output, weights_only=True)
     single_weights, single_rows = fit_tiny(Processes())
     for name, tensor in single_weights.items():
@@ -89,7 +82,15 @@ def test_the_global_batch_must_split_evenly_over_the_processes():
 
 @pytest.mark.slow
 def test_torchrun_with_two_processes_is_one_mlflow_run_with_finite_metrics(tmp_path, image_folder, mlflow_uri):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "run.py")]
+    # --standalone: torchrun binds a free port itself (localhost:0) instead of its fixed default 29500.
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "run.py"),
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
     command = [*torchrun, *tiny(image_folder), "epochs=1", "trainer.progress=false"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -41,21 +41,36 @@ def test_a_class_never_predicted_scores_zero_not_nan():
     assert rows[1]["precision"] == 0.0 and rows[1]["f1"] == 0.0 and not np.isnan(macro["macro_f1"])
 
 
-def test_figures_render_and_are_not_blank():
-    predictions = predictions_for([0, 1, 2, 2], [1, 1, 0, 2], [3.0, 1.0, 2.0, 1.0])
-    images = torch.rand(4, 3, 16, 16)
+def figures(predicted: list[int], accuracy: float, seed: int) -> dict[str, np.ndarray]:
+    """Each figure as grey pixels, drawn from data that depend on the arguments."""
+    predictions = predictions_for([0, 1, 2, 2], predicted, [3.0, 1.0, 2.0, 1.0])
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
     dataset = TensorDataset(images, predictions.labels)
-    history = [{"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6}] * 2
+    history = [{"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6},
+               {"train_loss": 0.5, "val_loss": 0.7, "train_acc": accuracy, "val_acc": accuracy}]  # fmt: skip
     pre = Preprocess(16, 16, "bilinear", (0.5,) * 3, (0.5,) * 3)
-    figures = [
-        evaluation.plot_confusion_matrix(evaluation.confusion_matrix(predictions, 3), CLASSES),
-        evaluation.plot_curves(history),
-        evaluation.plot_worst_misclassified(predictions, dataset, CLASSES, pre),
-        evaluation.plot_sweep([{"run_name": "lr=0.1", "best_val_acc": 0.8, "best": True}]),
-    ]
-    for figure in figures:
-        pixels = png_pixels(figure)
-        assert pixels.std() > 5  # drawn on, not a blank canvas
+    drawn = {
+        "confusion": evaluation.plot_confusion_matrix(evaluation.confusion_matrix(predictions, 3), CLASSES),
+        "curves": evaluation.plot_curves(history),
+        "worst": evaluation.plot_worst_misclassified(predictions, dataset, CLASSES, pre),
+        "sweep": evaluation.plot_sweep(
+            [
+                {"run_name": "lr=0.1", "best_val_acc": accuracy, "best": True},
+                {"run_name": "lr=0.2", "best_val_acc": 0.5, "best": False},
+            ]
+        ),  # fmt: skip
+    }
+    return {name: png_pixels(figure) for name, figure in drawn.items()}
+
+
+def test_figures_draw_their_data():
+    # The same figures from other data must look different: a blank canvas, or a figure that ignores its
+    # data (only axes and titles), would not.
+    first, second = figures([1, 1, 0, 2], 0.9, seed=0), figures([0, 2, 1, 1], 0.2, seed=1)
+    for name, pixels in first.items():
+        assert pixels.std() > 5, name  # not a blank canvas
+        assert pixels.shape == second[name].shape, name
+        assert (pixels != second[name]).mean() > 0.01, name  # the data is drawn
 
 
 def test_worst_misclassified_are_the_most_confident_errors():

@@ -94,7 +94,12 @@ def test_timm_model_without_pretrained_weights():
     model = timm_model("resnet10t", num_classes=5, pretrained=False)
     assert model.head.out_features == 5
     assert model.preprocess.interpolation == "bicubic"
-    assert model.blocks[-1] is not model.head
+    # The blocks are the backbone's stages in order: none holds the head, and together with the head they
+    # hold every parameter of the network, each once.
+    assert len(model.blocks) >= 2 and all(model.head not in list(block.modules()) for block in model.blocks)
+    in_blocks = [id(p) for block in model.blocks for p in block.parameters()]
+    assert len(in_blocks) == len(set(in_blocks))
+    assert set(in_blocks) | {id(p) for p in model.head.parameters()} == {id(p) for p in model.network.parameters()}
 
 
 @pytest.mark.parametrize("factory", [timm_model, torchvision_model])

@@ -3,7 +3,7 @@ from collections import OrderedDict
 
 import torch
 
-from tl.provenance import code_state, environment, state_dict_sha256
+from tl.provenance import CPU_FEATURES, code_state, environment, state_dict_sha256
 
 
 def test_state_dict_digest_ignores_key_order_but_not_values():
@@ -36,4 +36,5 @@ def test_code_state_outside_git_has_no_commit(tmp_path):
 def test_environment_names_versions_and_device():
     env = environment(torch.device("cpu"))
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
-    assert {"python", "torchvision", "timm", "hydra-core", "mlflow", "cpu"} <= env.keys()
+    assert {"python", "torchvision", "timm", "hydra-core", "mlflow", "cpu", "cpu_features"} <= env.keys()
+    assert set(env["cpu_features"].split()) <= set(CPU_FEATURES)

@@ -64,17 +64,34 @@ def test_finetune_changes_backbone_weights(model):
     assert names_of(model, [model.head]) <= moved
 
 
+def received_gradient(model) -> set[str]:
+    return {name for name, p in model.network.named_parameters() if p.grad is not None}
+
+
+def buffers_of(model, modules) -> set[str]:
+    ids = {id(b) for m in modules for b in m.buffers()}
+    return {name for name, b in model.network.named_buffers() if id(b) in ids}
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_partial_trains_exactly_the_last_n_blocks_and_head(model, n):
+    # Portable across CPUs: which tensors get a gradient, which the optimizer holds, and which stay
+    # bit-identical are exact everywhere; whether a tiny update moves a float32 value is not.
     strategy = Partial(n=n)
     before = snapshot(model.network)
     optimizer = optimizer_for(strategy, model)
     train_steps(model, strategy, 0, optimizer)
-    claimed = names_of(model, [*model.blocks[-n:], model.head])
-    assert changed(before, model) == claimed  # weights and BN statistics of those blocks, nothing else
-    trainable = {id(p) for p in model.network.parameters() if p.requires_grad}
-    assert trainable == {id(p) for m in [*model.blocks[-n:], model.head] for p in m.parameters()}
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
+    trained_modules = [*model.blocks[-n:], model.head]
+    claimed = names_of(model, trained_modules)
+    claimed_params = {name for name, p in model.network.named_parameters() if name in claimed}
+    assert received_gradient(model) == claimed_params
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert optimised == {id(p) for m in trained_modules for p in m.parameters()}
+    assert {id(p) for p in model.network.parameters() if p.requires_grad} == optimised
+    assert changed(before, model) <= claimed  # everything else is bit-identical
+    # The trained blocks run in train mode, so their BatchNorm statistics move (by a lot: a batch's mean).
+    statistics = {name for name in buffers_of(model, model.blocks[-n:]) if name.endswith("running_mean")}
+    assert statistics and statistics <= changed(before, model)
 
 
 def test_partial_rejects_more_blocks_than_the_backbone_has(model):

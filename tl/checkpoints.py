@@ -125,8 +125,8 @@ def restore_rng_states(states: dict[str, Any], train_generator: torch.Generator 
 
 
 # What a resume may change: where and how visibly it runs, not what it computes.
-RESUME_MAY_CHANGE = ("resume", "device", "trainer.device", "trainer.progress", "data.num_workers", "tracking.uri",
-                     "tracking.fallback")  # fmt: skip
+RESUME_MAY_CHANGE = ("resume", "device", "trainer.device", "trainer.progress", "data.num_workers", "data.recheck",
+                     "data.manifest_dir", "data.progress", "tracking.uri", "tracking.fallback")  # fmt: skip
 
 
 def resumed_config(resume: str, overrides: list[str], state: dict[str, Any]) -> tuple[DictConfig, dict[str, str]]:

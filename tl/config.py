@@ -1,31 +1,22 @@
-"""Checks on the top-level keys, so that an impossible value stops the run before any work starts."""
+"""Every check of a config value, so that an impossible value stops the run before any work starts.
+
+Light on purpose (no torch, timm or MLflow): run.py checks the config before it imports them, so a
+mistake is answered at once. The classes that take these values (`Trainer`, `ImageFolderData`,
+`MlflowTracker`) call `check_value` for their own keys, so each rule is written once, here.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tl.errors import TLError
 
-
-def check_top_level(cfg: DictConfig) -> None:
-    """One line naming the key, the value and what is allowed, for the first bad key."""
-    rules = {
-        "lr": (lambda v: _is_number(v) and v > 0, "a number > 0, e.g. lr=1e-3"),
-        "epochs": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
-        "batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
-        "seed": (_is_int, "a whole number"),
-        "device": (
-            lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-            "auto, cpu, mps, cuda or cuda:N",
-        ),
-    }
-    rules["sweep_on_failure"] = (lambda v: v in ("continue", "stop"), "continue or stop")
-    for key, (allowed, description) in rules.items():
-        value = cfg.get(key)
-        if not allowed(value):
-            raise TLError(f"{key}={value!r} is not allowed: {key} must be {description}")
+PRECISIONS = ("auto", "32", "bf16", "16-mixed")
+BAD_IMAGE_POLICIES = ("skip", "error")
 
 
 def _is_int(value: object) -> bool:
@@ -34,6 +25,43 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# key -> (is the value allowed, what is allowed: the end of "KEY must be ...").
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0, e.g. lr=1e-3"),
+    "epochs": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "seed": (_is_int, "a whole number"),
+    "device": (
+        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+        "auto, cpu, mps, cuda or cuda:N",
+    ),
+    "sweep_on_failure": (lambda v: v in ("continue", "stop"), "continue or stop"),
+    # Nested keys: checked where the composed config has them (an option may leave one out).
+    "trainer.precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "data.on_bad_image": (lambda v: v in BAD_IMAGE_POLICIES, " or ".join(BAD_IMAGE_POLICIES)),
+    "tracking.fallback": (lambda v: v in (None, "local"), "null or local"),
+}
+_ABSENT = object()
+
+
+def check_value(key: str, value: Any) -> None:
+    """One line naming the key, the value and what is allowed, if `value` is not allowed for `key`."""
+    allowed, description = RULES[key]
+    if not allowed(value):
+        raise TLError(f"{key}={value!r} is not allowed: {key} must be {description}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every rule above, for the first bad key; also rerun= with resume=, which contradict each other."""
+    for key in RULES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT and "." in key:
+            continue  # an option may leave a nested key out: its class's default applies
+        check_value(key, None if value is _ABSENT else value)  # a missing top-level key is reported as None
+    if cfg.get("rerun") and cfg.get("resume"):
+        raise TLError("rerun= and resume= are both set: rerun starts a new run, resume continues one; choose one")
 
 
 def override_key(override: str) -> str:

@@ -8,30 +8,33 @@ so nothing about sizes or normalisation is typed twice.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
-import os
 import random
 import sys
 import tempfile
 import urllib.error
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_url
 from torchvision.transforms import v2
 
+from tl.config import check_value
+from tl.decoded_images import DecodedImages
 from tl.distributed import Processes
 from tl.errors import TLError
+from tl.manifest import FileRecord, Manifest
 from tl.models import Preprocess
 from tl.provenance import file_sha256
 
@@ -39,10 +42,12 @@ log = logging.getLogger(__name__)
 
 FASHION_SAMPLE_ROOT = Path(__file__).parent / "datasets" / "fashion_sample"
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
-BAD_IMAGE_POLICIES = ("skip", "error")
 IMAGE_CACHE_BYTES = 2 * 2**30  # decoded images kept in memory, at most
 # Modes whose values go past 8 bits: converting them to RGB clips them, so the picture is lost.
 HIGH_BIT_DEPTH_MODES = {"I;16": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
+# What a manifest's check results depend on: records made with another are checked again.
+# Bump the number when `image_problem` changes what it returns.
+IMAGE_CHECK = f"image_problem 1, Pillow {PIL.__version__}"
 
 
 @dataclass
@@ -75,20 +80,29 @@ class ImageFolderData:
         on_bad_image: str = "skip",
         cache_images: bool = True,
         persistent_workers: bool = False,
+        manifest_dir: str | Path | None = None,
+        recheck: bool = False,
+        progress: bool = True,
     ) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise TLError(f"data.on_bad_image={on_bad_image!r} is not allowed: data.on_bad_image must be skip or error")
+        """`manifest_dir`: where what the set-up pass learned about each image (its sha256, whether it
+        decodes) is kept for the next run (see `tl.manifest`); None keeps nothing. `recheck`: ignore
+        what was kept and examine every image again. `progress`: a progress bar for a long set-up pass."""
+        check_value("data.on_bad_image", on_bad_image)
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
         self.image_size = image_size
         self.train_crop_scale = tuple(train_crop_scale)
         self.num_workers = num_workers
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.images = DecodedImages(IMAGE_CACHE_BYTES) if cache_images else None
         self.classes = self._check_layout()
-        self.bad_images = self._find_bad_images()  # (path relative to the root, reason), sorted
-        self._bad_paths = {path for path, _ in self.bad_images}
+        self._samples = self._list_samples()  # split -> (path, class index), as ImageFolder lists them
+        manifest = Manifest(self.root, manifest_dir, image_problem, IMAGE_CHECK)
+        self._records = self._examine(manifest, recheck, progress)  # path relative to the root -> FileRecord
+        self.bad_images = sorted((path, record.problem) for path, record in self._records.items() if record.problem)
         self._report_bad_images(on_bad_image)
+        loadable = [path for samples in self._samples.values() for path, _ in samples if self._is_loadable(path)]
+        shared = cache_images and self._workers_share_memory()
+        self.images = DecodedImages(loadable, IMAGE_CACHE_BYTES) if shared else None
 
     def _check_layout(self) -> list[str]:
         if not self.root.is_dir():
@@ -112,18 +126,19 @@ class ImageFolderData:
             )
         return found["train"]
 
-    def _find_bad_images(self) -> list[tuple[str, str]]:
-        """Every image file the loaders would read that cannot be decoded to RGB, found now rather
-        than as a crash in the middle of training."""
+    def _list_samples(self) -> dict[str, list[tuple[str, int]]]:
         class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        bad = []
-        for split in ("train", "val"):
-            samples = datasets.folder.make_dataset(self.root / split, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-            for path, _ in samples:
-                problem = image_problem(Path(path))
-                if problem:
-                    bad.append((self._relative(path), problem))
-        return sorted(bad)
+        return {
+            split: datasets.folder.make_dataset(self.root / split, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+            for split in ("train", "val")
+        }
+
+    def _examine(self, manifest: Manifest, recheck: bool, progress: bool) -> dict[str, FileRecord]:
+        """Every listed image file's size, sha256 and whether it decodes to RGB (so that an unreadable
+        image is found now rather than as a crash in the middle of training): kept from an earlier run
+        where the file is unchanged, found now (each new or changed file read once) otherwise."""
+        paths = [self._relative(path) for samples in self._samples.values() for path, _ in samples]
+        return manifest.records(paths, recheck=recheck, progress=progress)
 
     def _report_bad_images(self, on_bad_image: str) -> None:
         if not self.bad_images:
@@ -145,22 +160,23 @@ class ImageFolderData:
         return Path(path).relative_to(self.root).as_posix()
 
     def _is_loadable(self, path: str) -> bool:
-        """For torchvision's `is_valid_file`, which replaces its extension check: an image that was not skipped."""
-        return has_file_allowed_extension(path, IMG_EXTENSIONS) and self._relative(path) not in self._bad_paths
+        """For torchvision's `is_valid_file`, which replaces its extension check: an image that was
+        examined when the data was set up (so one added since is not read either) and can be read."""
+        record = self._records.get(self._relative(path))
+        return record is not None and record.problem is None
 
     def fingerprint(self) -> DatasetFingerprint:
         """A digest of every image the loaders read (relative path, size, content), class counts,
-        and the unreadable images left out."""
+        and the unreadable images left out; from what the set-up pass found, so no file is read."""
         files, counts = [], {}
-        class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        for split in ("train", "val"):
-            samples = datasets.folder.make_dataset(
-                self.root / split, class_to_idx, is_valid_file=self._is_loadable, allow_empty=True
-            )
+        for split, samples in self._samples.items():
             counts[split] = {name: 0 for name in self.classes}
             for path, target in samples:
-                counts[split][self.classes[target]] += 1
-                files.append((self._relative(path), Path(path).stat().st_size, file_sha256(Path(path))))
+                relative = self._relative(path)
+                record = self._records[relative]
+                if record.problem is None:
+                    counts[split][self.classes[target]] += 1
+                    files.append((relative, record.size, record.sha256))
         files.sort()
         digest = hashlib.sha256("".join(f"{p}\t{s}\t{h}\n" for p, s, h in files).encode()).hexdigest()
         return DatasetFingerprint(digest, counts, files, list(self.bad_images))
@@ -193,13 +209,12 @@ class ImageFolderData:
         dataset = datasets.ImageFolder(
             self.root / split, transform=transform, is_valid_file=self._is_loadable, allow_empty=True
         )
-        if self.images is not None and self._workers_share_memory():
-            self.images.add([path for path, _ in dataset.samples], self._largest_needed_side(input_size))
-            dataset.loader = self.images
+        if self.images is not None:
+            dataset.loader = partial(self.images.load, largest_side=self._largest_needed_side(input_size))
         return dataset
 
     def _workers_share_memory(self) -> bool:
-        # Forked workers see the parent's memory; spawned ones would get a pickled copy every epoch.
+        # Forked workers inherit the parent's shared mapping; spawned ones would need it pickled, which it cannot be.
         return self.num_workers == 0 or _worker_start_method() == "fork"
 
     def _largest_needed_side(self, input_size: int) -> int:
@@ -253,60 +268,18 @@ class ImageFolderData:
         return train, val
 
 
-class DecodedImages:
-    """ImageFolder's loader with memory: images decoded (to RGB) once, up to `max_bytes` in all, so
-    epochs after the first read no file. Filled before the DataLoader workers start, which share it."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.stored: dict[str, Image.Image] = {}
-        self.bytes = 0
-        self.full = False
-
-    def add(self, paths: list[str], largest_side: int | None = None) -> None:
-        """Decode `paths` (in threads: Pillow decodes without the GIL), each scaled down to a shorter
-        side of `largest_side` when larger, until the budget is spent."""
-        if self.full:
-            return
-        missing = [path for path in paths if path not in self.stored]
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for path, image in zip(missing, pool.map(lambda p: _decoded(p, largest_side), missing), strict=True):
-                size = len(image.getbands()) * image.width * image.height
-                if self.bytes + size > self.max_bytes:
-                    self.full = True
-                    break
-                self.stored[path] = image
-                self.bytes += size
-        if self.full:
-            log.info(
-                "%d images (%.0f MiB) kept in memory; the others are read from disk every epoch",
-                len(self.stored), self.bytes / 2**20,
-            )  # fmt: skip
-
-    def __call__(self, path: str) -> Image.Image:
-        image = self.stored.get(path)
-        return image if image is not None else datasets.folder.default_loader(path)
-
-
-def _decoded(path: str, largest_side: int | None) -> Image.Image:
-    image = datasets.folder.default_loader(path)
-    if largest_side is not None and min(image.size) > largest_side:
-        scale = largest_side / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-    return image
-
-
 def _worker_start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ImageFolder's loader could not give this file as an RGB image, or None when it can.
-    Decodes the whole image once, so truncated files are found too."""
+def image_problem(source: Path | bytes) -> str | None:
+    """Why ImageFolder's loader could not give this file (or these contents of one) as an RGB image, or
+    None when it can. Decodes the whole image once, so truncated files are found too."""
     try:
-        if path.stat().st_size == 0:
+        contents = source if isinstance(source, bytes) else source.read_bytes()
+        if not contents:
             return "empty file"
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(contents)) as image:
             problem = _mode_problem(image.mode)
             if problem is None:
                 image.load()

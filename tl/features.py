@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
 
 from tl.checkpoints import Checkpoint
 from tl.models import TransferModel
@@ -70,11 +71,15 @@ def extract(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     memory_format: torch.memory_format = torch.contiguous_format,
     loader_options: dict[str, Any] | None = None,
+    progress: str | None = None,
 ) -> TensorDataset:
-    """Every image's features (in the dataset's order) and its label."""
+    """Every image's features (in the dataset's order) and its label. With `progress` (a label), a
+    progress bar on a terminal: on a large folder this pass takes minutes."""
     model.network.to(device, memory_format=memory_format).eval()
     features, labels = [], []
     batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, **(loader_options or {}))
+    if progress:
+        batches = tqdm(batches, desc=progress, unit="batch", leave=False, disable=None)  # None: only on a terminal
     with without_head(model) as backbone:
         for images, batch_labels in batches:
             with autocast():
@@ -136,8 +141,13 @@ def cached_loaders(
             options["multiprocessing_context"] = train_loader.multiprocessing_context
         run = {"device": trainer.device, "autocast": trainer.autocast, "memory_format": trainer.memory_format}
         batch_size = extract_batch_size(trainer.device)
-        train = extract(model, train_views, batch_size, loader_options=options, **run)
-        val = extract(model, val_set, batch_size, loader_options=options, **run)
+        log.info("computing the backbone's features of %d train and %d val images", len(train_views), len(val_set))
+        shown = trainer.progress and trainer.processes.is_main
+        train, val = (
+            extract(model, dataset, batch_size, loader_options=options, progress=f"{split} features" if shown else None,
+                    **run)
+            for split, dataset in (("train", train_views), ("val", val_set))
+        )  # fmt: skip
         size = train.tensors[0].shape[1]
         log.info("cached %d train and %d val feature vectors of size %d", len(train), len(val), size)
         if path is not None:

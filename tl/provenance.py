@@ -57,7 +57,7 @@ def environment(device: torch.device, precision: str = "32", world_size: int = 1
             env[package] = importlib.import_module(module).__version__
         except ImportError:
             env[package] = "not installed"
-    env["cpu"] = _cpu_model()
+    env["cpu"], env["cpu_features"] = cpu_model(), " ".join(cpu_features())
     env["device"] = str(device)
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -65,14 +65,30 @@ def environment(device: torch.device, precision: str = "32", world_size: int = 1
     return env
 
 
-def _cpu_model() -> str:
+# The vector units that decide which kernels run, and so a run's speed and its last bits: the two CPU
+# families of this project's machines differ here (Intel Xeon: AMX; AMD EPYC Zen 4: AVX512-BF16, no AMX).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo(field: str) -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or sys.platform
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. `AMD EPYC` or `Intel(R) Xeon(R) Platinum 8488C`."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or sys.platform
+
+
+def cpu_features() -> list[str]:
+    """Which of CPU_FEATURES this CPU has (Linux; empty where /proc/cpuinfo is missing)."""
+    flags = set((_cpuinfo("flags") or "").split())
+    return [feature for feature in CPU_FEATURES if feature in flags]
 
 
 def file_sha256(path: Path) -> str:

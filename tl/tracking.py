@@ -1,44 +1,40 @@
-"""Everything MLflow: one run per training, a parent run per sweep, params, metrics, artifacts."""
+"""Everything MLflow for one training: its run, params, metrics, artifacts, and rebuilding a run's config.
+
+The sweep's parent run is in tl/sweep.py; what both share (names, tags, the store) in tl/runs.py.
+"""
 
 from __future__ import annotations
 
-import atexit
-import csv
-import io
 import logging
-import os
 import tempfile
-import urllib.request
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from tl import evaluation
-from tl.config import override_key
+from tl.config import check_value, override_key
 from tl.data import DatasetFingerprint
 from tl.errors import TLError
 from tl.interrupts import uninterrupted
 from tl.models import Preprocess, TransferModel
 from tl.provenance import CodeState
+from tl.runs import ERROR_TAG, csv_text, run_name, use_store
 from tl.trainer import FitResult
 
 log = logging.getLogger(__name__)
 
-# How a sweep's parent run and swept keys reach its jobs (in this process or in launcher subprocesses).
-PARENT_RUN_ENV = "TL_MLFLOW_PARENT_RUN_ID"
-SWEEP_KEYS_ENV = "TL_SWEEP_KEYS"
 # Artifacts a rerun reads back.
 CONFIG_ARTIFACT = "config/config.yaml"
 CHOICES_ARTIFACT = "config/choices.yaml"
@@ -46,9 +42,6 @@ MANIFEST_ARTIFACT = "provenance/dataset_manifest.json"
 RERUN_OF_TAG = "tl.rerun_of"
 OUTPUT_DIR_TAG = "tl.output_dir"
 NO_WEIGHTS = "none (random init)"
-ERROR_TAG = "tl.error"
-FAILED_JOB_TAG = "tl.failed_job."  # + the job's number, on a sweep's parent run
-LOCAL_STORE = "sqlite:///mlflow.db"  # tracking.fallback=local
 
 
 def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
@@ -66,25 +59,9 @@ def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
-    """A run is named by its command-line overrides; a sweep's job by the swept ones only
-    (`strategy=frozen,lr=0.01`), as the parent run holds the rest."""
-    if sweep_keys:
-        overrides = [o for o in overrides if override_key(o) in sweep_keys]
-    return ",".join(overrides) or "defaults"
-
-
 def _describe(commit: str | None, diff_sha256: str | None) -> str:
     text = f"commit {commit or 'unknown'}"
     return (text + f" with uncommitted changes (patch sha256 {diff_sha256[:12]})") if diff_sha256 else text
-
-
-def _csv_text(rows: list[dict]) -> str:
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return table.getvalue()
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -134,37 +111,6 @@ def recorded_output_dir(run_id: str, uri: str | None) -> str:
         ) from error
 
 
-def _use_store(uri: str | None, experiment: str, fallback: str | None = None) -> str:
-    # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
-    # the store that a plain `mlflow ui` opens in the same folder.
-    wanted = uri or mlflow.get_tracking_uri()
-    problem = _unreachable(wanted)
-    if problem and fallback == "local":
-        log.warning("the MLflow tracking server %s does not answer (%s); logging to %s instead", wanted, problem,
-                    LOCAL_STORE)  # fmt: skip
-        uri = LOCAL_STORE
-    elif problem:
-        raise TLError(
-            f"the MLflow tracking server {wanted} does not answer ({problem}); start it, point tracking.uri "
-            "(or MLFLOW_TRACKING_URI) at a running server or a local store such as sqlite:///mlflow.db, "
-            "or set tracking.fallback=local"
-        )
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    return mlflow.set_experiment(experiment).experiment_id
-
-
-def _unreachable(uri: str) -> str | None:
-    """Why a tracking server does not answer (found now, before training, not after it); None if it does."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
-    except OSError as error:
-        return str(error)
-    return None
-
-
 class MlflowTracker:
     """One MLflow run for one training, nested under the sweep's parent run when there is one.
 
@@ -183,8 +129,7 @@ class MlflowTracker:
         fallback: str | None = None,
         run_id: str | None = None,
     ) -> None:
-        if fallback not in (None, "local"):
-            raise TLError(f"tracking.fallback={fallback!r} is not allowed: tracking.fallback must be null or local")
+        check_value("tracking.fallback", fallback)
         self.experiment = experiment
         self.uri = uri
         self.parent_run_id = parent_run_id
@@ -195,7 +140,7 @@ class MlflowTracker:
         self.run_id = run_id  # given: continue that run (resume=)
 
     def __enter__(self) -> MlflowTracker:
-        _use_store(self.uri, self.experiment, self.fallback)
+        use_store(self.uri, self.experiment, self.fallback)
         if self.run_id:
             self._check_resumable(self.run_id)
             run = mlflow.start_run(run_id=self.run_id)
@@ -283,7 +228,7 @@ class MlflowTracker:
         mlflow.log_metric("data_skipped_images", len(dataset.skipped))
         if dataset.skipped:
             rows = [{"path": path, "reason": reason} for path, reason in dataset.skipped]
-            mlflow.log_text(_csv_text(rows), "provenance/skipped_images.csv")
+            mlflow.log_text(csv_text(rows), "provenance/skipped_images.csv")
 
     @uninterrupted()
     def warn_if_changed(
@@ -336,7 +281,7 @@ class MlflowTracker:
         matrix = evaluation.confusion_matrix(predictions, len(classes))
         rows, macro = evaluation.per_class_report(matrix, classes)
         mlflow.log_metrics(macro)
-        mlflow.log_text(_csv_text(rows), "evaluation/per_class.csv")
+        mlflow.log_text(csv_text(rows), "evaluation/per_class.csv")
         figures = {
             "confusion_matrix.png": evaluation.plot_confusion_matrix(matrix, classes),
             "curves.png": evaluation.plot_curves(result.history),
@@ -358,6 +303,13 @@ class MlflowTracker:
         if len(input_example) < 2:
             raise ValueError("input_example needs at least 2 images for a dynamic batch dimension")
         network = network.to("cpu").eval()
+        with torch.no_grad():
+            output = network(input_example[:2].cpu())
+        # Given, not inferred: MLflow would infer it by running the model on the example (~1 s a run).
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_example.shape[1:]))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output.shape[1:]))]),
+        )
         with warnings.catch_warnings():
             # torch.export's archive writer warns about shared weights that are already on the CPU.
             warnings.filterwarnings("ignore", message="No complete tensor found in the group")
@@ -365,6 +317,7 @@ class MlflowTracker:
                 network,
                 name="model",
                 input_example=input_example.cpu().numpy(),
+                signature=signature,
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata=metadata,
@@ -377,115 +330,3 @@ class MlflowTracker:
         if self.register and self.alias and not self.parent_run_id:
             MlflowClient().set_registered_model_alias(self.register, self.alias, info.registered_model_version)
             log.info("models:/%s@%s -> version %s", self.register, self.alias, info.registered_model_version)
-
-
-class SweepParentRun(Callback):
-    """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it."""
-
-    def __init__(
-        self,
-        experiment: str = "tl",
-        uri: str | None = None,
-        register: str | None = None,
-        alias: str | None = None,
-        fallback: str | None = None,
-    ) -> None:
-        self.experiment = experiment
-        self.uri = uri
-        self.register = register
-        self.alias = alias
-        self.fallback = fallback
-        self.run_id: str | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        experiment_id = _use_store(self.uri, self.experiment, self.fallback)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = " ".join(config.hydra.overrides.task)
-        run = MlflowClient().create_run(
-            experiment_id,
-            run_name=f"sweep {overrides}".strip(),
-            tags={"tl.sweep_dir": str(sweep_dir.resolve()), "tl.overrides": overrides},
-        )
-        self.run_id = run.info.run_id
-        os.environ[PARENT_RUN_ENV] = self.run_id
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
-        swept += list(OmegaConf.select(config, "hydra.sweeper.params") or {})  # e.g. Optuna's search space
-        os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
-        # A failed job makes Hydra's sweeper raise once all jobs have run, and then on_multirun_end is
-        # not called: the parent is summarised and ended FAILED at exit instead, never left RUNNING.
-        atexit.register(self._end, RunStatus.FAILED)
-        log.info("MLflow sweep parent run %s", self.run_id)
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        """A failed job is listed on the parent, also one that failed before its own MLflow run began.
-        Runs in the job's process, whichever launcher started it."""
-        parent_run_id = os.environ.get(PARENT_RUN_ENV)
-        if job_return.status != JobStatus.FAILED or not parent_run_id:
-            return
-        reason = str(job_return._return_value).splitlines()[0] if job_return._return_value else "failed"
-        swept = os.environ.get(SWEEP_KEYS_ENV, "").split(",")
-        job = f"{run_name(list(job_return.overrides or []), swept)}: {reason}"
-        MlflowClient().set_tag(parent_run_id, f"{FAILED_JOB_TAG}{config.hydra.job.num}", job[:5000])
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._end(RunStatus.FINISHED)
-
-    def _summarise(self) -> None:
-        """On the parent: a CSV of every job and a comparison plot; the best job tagged on both."""
-        client = MlflowClient()
-        parent = client.get_run(self.run_id)
-        children = client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'"
-        )
-        rows = [
-            {
-                "run_name": child.info.run_name,
-                "run_id": child.info.run_id,
-                "status": child.info.status,
-                "best_val_acc": child.data.metrics.get("best_val_acc"),
-                "seconds": round((child.info.end_time - child.info.start_time) / 1000, 1)
-                if child.info.end_time
-                else None,
-                "overrides": child.data.tags.get("tl.overrides", ""),
-                "error": child.data.tags.get(ERROR_TAG, ""),
-            }
-            for child in children
-        ]
-        failures = {key.removeprefix(FAILED_JOB_TAG): why for key, why in parent.data.tags.items()
-                    if key.startswith(FAILED_JOB_TAG)}  # fmt: skip
-        if failures:
-            client.set_tag(self.run_id, "tl.failed_jobs", str(len(failures)))
-            client.log_text(self.run_id, _csv_text([{"job": n, "error": why} for n, why in sorted(failures.items())]),
-                            "sweep/failures.csv")  # fmt: skip
-            log.error("%d sweep job(s) failed; see sweep/failures.csv on MLflow run %s", len(failures), self.run_id)
-        rows.sort(key=lambda row: -1 if row["best_val_acc"] is None else row["best_val_acc"], reverse=True)
-        scored = [row for row in rows if row["status"] == "FINISHED" and row["best_val_acc"] is not None]
-        for row in rows:
-            row["best"] = bool(scored) and row is scored[0]
-        if scored:
-            best = scored[0]
-            client.set_tag(self.run_id, "tl.best_child", best["run_name"])
-            client.set_tag(self.run_id, "tl.best_child_run_id", best["run_id"])
-            client.log_metric(self.run_id, "best_val_acc", best["best_val_acc"])
-            client.set_tag(best["run_id"], "tl.best_in_sweep", "true")
-            if self.register and self.alias:
-                (version,) = client.search_model_versions(f"name='{self.register}' and run_id='{best['run_id']}'")
-                client.set_registered_model_alias(self.register, self.alias, version.version)
-                client.set_tag(
-                    self.run_id, "tl.alias", f"models:/{self.register}@{self.alias} = version {version.version}"
-                )
-        if rows:
-            client.log_text(self.run_id, _csv_text(rows), "sweep/summary.csv")
-            client.log_figure(self.run_id, evaluation.plot_sweep(rows), "sweep/comparison.png")
-
-    def _end(self, status: int) -> None:
-        if self.run_id is None:
-            return
-        try:
-            self._summarise()
-        finally:
-            MlflowClient().set_terminated(self.run_id, RunStatus.to_string(status))
-        os.environ.pop(PARENT_RUN_ENV, None)
-        os.environ.pop(SWEEP_KEYS_ENV, None)
-        self.run_id = None

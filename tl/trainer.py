@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -9,6 +10,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from tl.checkpoints import Checkpoint, restore_rng_states, rng_states
+from tl.config import check_value
 from tl.distributed import Processes
 from tl.errors import TLError
 from tl.evaluation import Predictions
@@ -45,6 +48,34 @@ class FitResult:
     best_predictions: Predictions | None = None  # on the validation set, by the restored weights
 
 
+@contextlib.contextmanager
+def numerics(deterministic: bool) -> Iterator[None]:
+    """Deterministic algorithms (or cuDNN's autotuner) while the block runs; the process's previous
+    settings afterwards, so that what runs after a fit in the same process is not changed by it."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+        torch.backends.cudnn.benchmark,
+    )
+    if deterministic:
+        # Bit-reproducible on a CPU (same machine, threads and seed); on CUDA it rules out
+        # nondeterministic kernels, which cuBLAS needs a fixed workspace for.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    # Deterministic mode would also fill every new tensor with NaN first (in case an op leaves some of
+    # it unwritten): a cost on every allocation, for ops this loop does not use.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    # cuDNN's autotuner picks the fastest convolution for each input shape; its picks can vary by run.
+    torch.backends.cudnn.benchmark = not deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
+        torch.backends.cudnn.benchmark = previous[3]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -61,16 +92,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-PRECISIONS = ("auto", "32", "bf16", "16-mixed")
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto`: bf16 (else fp16 with loss scaling) on a GPU; fp32 on a CPU, where bf16 autocast was not
     faster for EfficientNet-Lite0's depthwise convolutions on the 2-core machine we measured."""
-    if str(precision) not in PRECISIONS:
-        raise TLError(
-            f"trainer.precision={precision!r} is not allowed: trainer.precision must be one of {', '.join(PRECISIONS)}"
-        )
+    check_value("trainer.precision", precision)
     if precision != "auto":
         return str(precision)
     if device.type == "cuda":
@@ -124,64 +149,57 @@ class Trainer:
         With `checkpoint`, the training state is saved after every epoch; `resume_from` (such a
         saved state) continues after its last finished epoch, as if the run had never stopped.
         """
-        if self.deterministic:
-            # Bit-reproducible on a CPU (same machine, threads and seed); on CUDA it rules out
-            # nondeterministic kernels, which cuBLAS needs a fixed workspace for.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(self.deterministic)
-        # Deterministic mode would also fill every new tensor with NaN first (in case an op leaves some of
-        # it unwritten): a cost on every allocation, for ops this loop does not use.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-        # cuDNN's autotuner picks the fastest convolution for each input shape; its picks can vary by run.
-        torch.backends.cudnn.benchmark = not self.deterministic
-        network = model.network.to(self.device, memory_format=self.memory_format)
-        result = FitResult(best_val_acc=-1.0, best_epoch=0)
-        best_state = copy.deepcopy(network.state_dict())
-        first_epoch = 0
-        if resume_from is not None:
-            first_epoch, best_state = self._restore(resume_from, network, optimizer, schedule, train_loader, result)
-            log.info("resuming after epoch %d/%d", first_epoch, self.epochs)
-        for epoch in range(first_epoch, self.epochs):
-            started = time.perf_counter()
-            lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
-            strategy.start_epoch(model, epoch)
-            if isinstance(train_loader.sampler, DistributedSampler):
-                train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
-            train_loss, train_acc, images_per_second = self.train_one_epoch(
-                self._parallel(network), optimizer, schedule, train_loader, epoch
-            )
-            if schedule.interval == "epoch":
-                schedule.scheduler.step()
-            val_loss, val_acc, predictions = self.evaluate(network, val_loader)
-            row = {
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": list(lrs.values())[-1],
-                "epoch_seconds": time.perf_counter() - started,
-                "images_per_second": images_per_second,
-            }
-            if len(lrs) > 1:
-                row.update({f"lr_{name}": lr for name, lr in lrs.items()})
-            result.history.append(row)
-            if val_acc > result.best_val_acc:
-                result.best_val_acc, result.best_epoch = val_acc, epoch + 1
-                result.best_predictions = predictions
-                best_state = copy.deepcopy(network.state_dict())
-            if checkpoint is not None and self.processes.is_main:
-                # Saved before the metrics are logged: a resume logs what a crash in between left unlogged.
-                checkpoint.save(self._state(epoch + 1, network, optimizer, schedule, train_loader, result, best_state))
-            metrics.log_metrics(row, step=epoch + 1)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f img/s",
-                epoch + 1, self.epochs, train_loss, train_acc, val_loss, val_acc,
-                row["epoch_seconds"], row["images_per_second"],
-            )  # fmt: skip
-        network.load_state_dict(best_state)
-        network.eval()
-        log.info("best val acc %.4f at epoch %d; its weights are restored", result.best_val_acc, result.best_epoch)
-        return result
+        with numerics(self.deterministic):  # for this fit only: restored when it ends
+            network = model.network.to(self.device, memory_format=self.memory_format)
+            result = FitResult(best_val_acc=-1.0, best_epoch=0)
+            best_state = copy.deepcopy(network.state_dict())
+            first_epoch = 0
+            if resume_from is not None:
+                first_epoch, best_state = self._restore(resume_from, network, optimizer, schedule, train_loader, result)
+                log.info("resuming after epoch %d/%d", first_epoch, self.epochs)
+            for epoch in range(first_epoch, self.epochs):
+                started = time.perf_counter()
+                lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
+                strategy.start_epoch(model, epoch)
+                if isinstance(train_loader.sampler, DistributedSampler):
+                    train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
+                train_loss, train_acc, images_per_second = self.train_one_epoch(
+                    self._parallel(network), optimizer, schedule, train_loader, epoch
+                )
+                if schedule.interval == "epoch":
+                    schedule.scheduler.step()
+                val_loss, val_acc, predictions = self.evaluate(network, val_loader)
+                row = {
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "lr": list(lrs.values())[-1],
+                    "epoch_seconds": time.perf_counter() - started,
+                    "images_per_second": images_per_second,
+                }
+                if len(lrs) > 1:
+                    row.update({f"lr_{name}": lr for name, lr in lrs.items()})
+                result.history.append(row)
+                if val_acc > result.best_val_acc:
+                    result.best_val_acc, result.best_epoch = val_acc, epoch + 1
+                    result.best_predictions = predictions
+                    best_state = copy.deepcopy(network.state_dict())
+                if checkpoint is not None and self.processes.is_main:
+                    # Saved before the metrics are logged: a resume logs what a crash in between left unlogged.
+                    checkpoint.save(
+                        self._state(epoch + 1, network, optimizer, schedule, train_loader, result, best_state)
+                    )
+                metrics.log_metrics(row, step=epoch + 1)
+                log.info(
+                    "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f img/s",
+                    epoch + 1, self.epochs, train_loss, train_acc, val_loss, val_acc,
+                    row["epoch_seconds"], row["images_per_second"],
+                )  # fmt: skip
+            network.load_state_dict(best_state)
+            network.eval()
+            log.info("best val acc %.4f at epoch %d; its weights are restored", result.best_val_acc, result.best_epoch)
+            return result
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
         # Images get the memory format; cached feature vectors (2-D) have none.

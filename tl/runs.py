@@ -1,0 +1,76 @@
+"""What a training's MLflow run (tl/tracking.py) and a sweep's parent run (tl/sweep.py) share.
+
+How runs are named and tagged, which store they log to, tables as CSV text. Light at import:
+MLflow and urllib are imported by `use_store`, when a run starts, so that loading the sweep callback
+(which Hydra does for every run, before run.py checks the config) costs nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+
+from tl.config import override_key
+from tl.errors import TLError
+
+log = logging.getLogger(__name__)
+
+# How a sweep's parent run and swept keys reach its jobs (in this process or in launcher subprocesses).
+PARENT_RUN_ENV = "TL_MLFLOW_PARENT_RUN_ID"
+SWEEP_KEYS_ENV = "TL_SWEEP_KEYS"
+ERROR_TAG = "tl.error"
+FAILED_JOB_TAG = "tl.failed_job."  # + the job's number, on a sweep's parent run
+LOCAL_STORE = "sqlite:///mlflow.db"  # tracking.fallback=local
+
+
+def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
+    """A run is named by its command-line overrides; a sweep's job by the swept ones only
+    (`strategy=frozen,lr=0.01`), as the parent run holds the rest."""
+    if sweep_keys:
+        overrides = [o for o in overrides if override_key(o) in sweep_keys]
+    return ",".join(overrides) or "defaults"
+
+
+def csv_text(rows: list[dict]) -> str:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return table.getvalue()
+
+
+def use_store(uri: str | None, experiment: str, fallback: str | None = None) -> str:
+    """Point MLflow at the store (checked now, before any training) and the experiment; its id."""
+    import mlflow  # here, not at import: see the module docstring
+
+    # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
+    # the store that a plain `mlflow ui` opens in the same folder.
+    wanted = uri or mlflow.get_tracking_uri()
+    problem = _unreachable(wanted)
+    if problem and fallback == "local":
+        log.warning("the MLflow tracking server %s does not answer (%s); logging to %s instead", wanted, problem,
+                    LOCAL_STORE)  # fmt: skip
+        uri = LOCAL_STORE
+    elif problem:
+        raise TLError(
+            f"the MLflow tracking server {wanted} does not answer ({problem}); start it, point tracking.uri "
+            "(or MLFLOW_TRACKING_URI) at a running server or a local store such as sqlite:///mlflow.db, "
+            "or set tracking.fallback=local"
+        )
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.set_experiment(experiment).experiment_id
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why a tracking server does not answer (found now, before training, not after it); None if it does."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.request  # here: it pulls in ssl and email, which a local store never needs
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+    except OSError as error:
+        return str(error)
+    return None

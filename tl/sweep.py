@@ -1,0 +1,146 @@
+"""A sweep's parent MLflow run, as a Hydra callback: every job's run nests under it, and it ends
+with a summary of the jobs.
+
+Hydra builds the callback for every run, single runs too, before run.py checks the config; so this
+module is light at import: MLflow and the plots are imported by the methods that run only in a multirun.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from tl.runs import ERROR_TAG, FAILED_JOB_TAG, PARENT_RUN_ENV, SWEEP_KEYS_ENV, csv_text, run_name, use_store
+
+log = logging.getLogger(__name__)
+
+
+class SweepParentRun(Callback):
+    """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it."""
+
+    def __init__(
+        self,
+        experiment: str = "tl",
+        uri: str | None = None,
+        register: str | None = None,
+        alias: str | None = None,
+        fallback: str | None = None,
+    ) -> None:
+        self.experiment = experiment
+        self.uri = uri
+        self.register = register
+        self.alias = alias
+        self.fallback = fallback
+        self.run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = use_store(self.uri, self.experiment, self.fallback)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=f"sweep {overrides}".strip(),
+            tags={"tl.sweep_dir": str(sweep_dir.resolve()), "tl.overrides": overrides},
+        )
+        self.run_id = run.info.run_id
+        os.environ[PARENT_RUN_ENV] = self.run_id
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+        swept += list(OmegaConf.select(config, "hydra.sweeper.params") or {})  # e.g. Optuna's search space
+        os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
+        # A failed job makes Hydra's sweeper raise once all jobs have run, and then on_multirun_end is
+        # not called: the parent is summarised and ended FAILED at exit instead, never left RUNNING.
+        atexit.register(self._end, "FAILED")
+        log.info("MLflow sweep parent run %s", self.run_id)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A failed job is listed on the parent, also one that failed before its own MLflow run began.
+        Runs in the job's process, whichever launcher started it."""
+        parent_run_id = os.environ.get(PARENT_RUN_ENV)
+        if job_return.status != JobStatus.FAILED or not parent_run_id:
+            return
+        from mlflow.tracking import MlflowClient
+
+        reason = str(job_return._return_value).splitlines()[0] if job_return._return_value else "failed"
+        swept = os.environ.get(SWEEP_KEYS_ENV, "").split(",")
+        job = f"{run_name(list(job_return.overrides or []), swept)}: {reason}"
+        MlflowClient().set_tag(parent_run_id, f"{FAILED_JOB_TAG}{config.hydra.job.num}", job[:5000])
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._end("FINISHED")
+
+    def _summarise(self) -> None:
+        """On the parent: a CSV of every job and a comparison plot; the best job tagged on both."""
+        from mlflow.tracking import MlflowClient
+
+        from tl import evaluation
+
+        client = MlflowClient()
+        parent = client.get_run(self.run_id)
+        children = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'"
+        )
+        rows = [
+            {
+                "run_name": child.info.run_name,
+                "run_id": child.info.run_id,
+                "status": child.info.status,
+                "best_val_acc": child.data.metrics.get("best_val_acc"),
+                "seconds": round((child.info.end_time - child.info.start_time) / 1000, 1)
+                if child.info.end_time
+                else None,
+                "overrides": child.data.tags.get("tl.overrides", ""),
+                "error": child.data.tags.get(ERROR_TAG, ""),
+            }
+            for child in children
+        ]
+        failures = {key.removeprefix(FAILED_JOB_TAG): why for key, why in parent.data.tags.items()
+                    if key.startswith(FAILED_JOB_TAG)}  # fmt: skip
+        if failures:
+            client.set_tag(self.run_id, "tl.failed_jobs", str(len(failures)))
+            client.log_text(self.run_id, csv_text([{"job": n, "error": why} for n, why in sorted(failures.items())]),
+                            "sweep/failures.csv")  # fmt: skip
+            log.error("%d sweep job(s) failed; see sweep/failures.csv on MLflow run %s", len(failures), self.run_id)
+        rows.sort(key=lambda row: -1 if row["best_val_acc"] is None else row["best_val_acc"], reverse=True)
+        scored = [row for row in rows if row["status"] == "FINISHED" and row["best_val_acc"] is not None]
+        for row in rows:
+            row["best"] = bool(scored) and row is scored[0]
+        if scored:
+            best = scored[0]
+            client.set_tag(self.run_id, "tl.best_child", best["run_name"])
+            client.set_tag(self.run_id, "tl.best_child_run_id", best["run_id"])
+            client.log_metric(self.run_id, "best_val_acc", best["best_val_acc"])
+            client.set_tag(best["run_id"], "tl.best_in_sweep", "true")
+            if self.register and self.alias:
+                (version,) = client.search_model_versions(f"name='{self.register}' and run_id='{best['run_id']}'")
+                client.set_registered_model_alias(self.register, self.alias, version.version)
+                client.set_tag(
+                    self.run_id, "tl.alias", f"models:/{self.register}@{self.alias} = version {version.version}"
+                )
+        if rows:
+            client.log_text(self.run_id, csv_text(rows), "sweep/summary.csv")
+            client.log_figure(self.run_id, evaluation.plot_sweep(rows), "sweep/comparison.png")
+
+    def _end(self, status: str) -> None:
+        """Summarise the sweep on its parent run and end that run with `status` (FINISHED or FAILED)."""
+        if self.run_id is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        try:
+            self._summarise()
+        finally:
+            MlflowClient().set_terminated(self.run_id, status)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEEP_KEYS_ENV, None)
+        self.run_id = None
