@@ -166,8 +166,9 @@ def test_a_damaged_manifest_is_rebuilt(folder, tmp_path, damage, caplog):
 
 
 WORKER = """
-import sys, time
+import logging, sys, time
 from pathlib import Path
+logging.basicConfig(level=logging.INFO)  # the manifest's "checking N new or changed file(s)" line
 from tl.data import ImageFolderData
 root, manifest_dir, ready, go = sys.argv[1:]
 Path(ready).touch()
@@ -177,7 +178,7 @@ print(ImageFolderData(root, batch_size=4, manifest_dir=manifest_dir).fingerprint
 """
 
 
-def test_two_processes_building_the_manifest_at_once_both_get_it_right(tmp_path):
+def test_two_processes_building_the_manifest_at_once_both_get_it_right_and_only_one_examines(tmp_path):
     folder = age(make_image_folder(tmp_path / "data", {"train": 30, "val": 10}))
     manifests, go = tmp_path / "manifests", tmp_path / "go"
     readies = [tmp_path / f"ready{i}" for i in range(2)]
@@ -199,7 +200,9 @@ def test_two_processes_building_the_manifest_at_once_both_get_it_right(tmp_path)
     assert [worker.returncode for worker in workers] == [0, 0], results
     expected = old_fingerprint(build(folder, None)).sha256
     assert [out.strip() for out, _ in results] == [expected, expected]
-    assert list(manifests.iterdir()) == [manifest_file(manifests)]  # no temporary file left
+    # One examined the files while the other waited for it, then took its records: each file read once.
+    assert sorted("checking 120 new or changed file(s)" in err for _, err in results) == [False, True], results
+    assert not list(manifests.glob("*.tmp"))  # no temporary file left
     assert len(json.loads(manifest_file(manifests).read_text())["files"]) == 120
     assert build(folder, manifests).fingerprint().sha256 == expected
 

@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import sys
+import threading
 
 
 def exit_without_teardown(status: int = 0) -> None:
@@ -13,11 +14,14 @@ def exit_without_teardown(status: int = 0) -> None:
 
     With torch, timm, MLflow and matplotlib loaded, freeing their objects one by one at exit takes
     1.5-2 s on a 2-core CPU, after the run has already ended and said so. What an exit must do still
-    happens: the atexit handlers run (MLflow's, a sweep's parent run, multiprocessing's, logging's
-    flush), then the process ends without the rest. Only for a finished command: an error keeps the
-    ordinary exit path.
+    happens, in the interpreter's own order: threads are joined and their exit hooks run (joblib's
+    workers are stopped there), then the atexit handlers (MLflow's, a sweep's parent run,
+    multiprocessing's, logging's flush); only then does the process end, without the rest. Only for a
+    finished command: an error keeps the ordinary exit path.
     """
-    atexit._run_exitfuncs()  # noqa: SLF001 (the handlers sys.exit would run; no public name exists)
+    # The two steps Py_FinalizeEx takes before it tears modules down; neither has a public name.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

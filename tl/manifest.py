@@ -12,28 +12,36 @@ Contract:
   GIL): the bytes are hashed and handed to the check.
 - The records live in `<directory>/<sha256 of the resolved root>.json`, outside the data folder,
   which may be read-only. `directory=None` keeps none: every file is examined every time.
-- Safe to share between processes (parallel sweep jobs, torchrun ranks) without locks: a writer
-  writes a temp file in the same folder, fsyncs it and renames it over the old one (atomic), so a
-  reader sees the old file or the new one, never part of one. Two processes that build it at once
-  both compute every record themselves and both write a correct file; the last rename wins.
+- Safe to share between processes (parallel sweep jobs, torchrun ranks): a writer writes a temp file
+  in the same folder, fsyncs it and renames it over the old one (atomic), so a reader sees the old
+  file or the new one, never part of one. Processes that find files to examine take turns (an
+  advisory lock beside the file): the first examines them, the others then find its records, so a
+  sweep decodes and hashes each file once in all. Without the lock (no `flock`), each examines them
+  itself and all write correct files; the last rename wins.
 - A damaged file, or one written by another version or another check, is ignored (one log line)
   and rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, see Manifest._building
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,19 @@ class Manifest:
         and mtime match, the others computed now (with a progress bar on a terminal after 2 s), then
         the kept records updated."""
         kept = {} if recheck or self.path is None else self._load()
+        records, stale = self._match(paths, kept)
+        if not stale:
+            return records
+        with self._building():
+            if not recheck and self.path is not None:  # what another process built while this one waited
+                kept = self._load()
+                records, stale = self._match(paths, kept)
+            if stale:
+                self._examine_all(stale, records, kept, progress)
+        return records
+
+    def _match(self, paths: list[str], kept: dict[str, FileRecord]) -> tuple[dict[str, FileRecord], list[str]]:
+        """The kept records that still match their file's size and mtime, and the paths to examine."""
         records, stale = {}, []
         for path in paths:
             record = kept.get(path)
@@ -83,24 +104,48 @@ class Manifest:
                 records[path] = record
             else:
                 stale.append(path)
+        return records, stale
+
+    @contextlib.contextmanager
+    def _building(self) -> Iterator[None]:
+        """One process at a time examines files for this manifest: parallel sweep jobs or torchrun ranks
+        that start together wait for the first, then find its records, so each file is decoded and
+        hashed once in all. The lock is advisory (POSIX `flock`); where there is none, or the folder
+        cannot be written, each process examines the files itself, which is slower but as correct."""
+        lock = None
+        if self.path is not None and fcntl is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held across the yield)
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+            except OSError:
+                lock = None
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _examine_all(
+        self, stale: list[str], records: dict[str, FileRecord], kept: dict[str, FileRecord], progress: bool
+    ) -> None:
+        """Examine `stale` (into `records`), then save the records that may be kept."""
         settled = dict(records)
-        if stale:
-            started = time.perf_counter()
-            log.info("checking %d new or changed file(s) in %s", len(stale), self.root)
-            with (
-                ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-                tqdm(total=len(stale), desc=f"checking {len(stale)} new or changed files", unit="file",
-                     delay=2, leave=False, disable=None if progress else True) as bar,
-            ):  # fmt: skip
-                for path, (record, settles) in zip(stale, pool.map(self._examine, stale), strict=True):
-                    records[path] = record
-                    if settles:
-                        settled[path] = record
-                    bar.update()
-            log.info("checked %d file(s) in %.1f s", len(stale), time.perf_counter() - started)
+        started = time.perf_counter()
+        log.info("checking %d new or changed file(s) in %s", len(stale), self.root)
+        with (
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+            tqdm(total=len(stale), desc=f"checking {len(stale)} new or changed files", unit="file",
+                 delay=2, leave=False, disable=None if progress else True) as bar,
+        ):  # fmt: skip
+            for path, (record, settles) in zip(stale, pool.map(self._examine, stale), strict=True):
+                records[path] = record
+                if settles:
+                    settled[path] = record
+                bar.update()
+        log.info("checked %d file(s) in %.1f s", len(stale), time.perf_counter() - started)
         if self.path is not None and settled != kept:
             self._save(settled)
-        return records
 
     def _examine(self, path: str) -> tuple[FileRecord, bool]:
         """The file's record, and whether it may be kept: only when its contents were read, and not

@@ -294,7 +294,7 @@ class Trainer:
             total_loss += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
-            batches.set_postfix(loss=f"{total_loss / seen:.4f}")
+            batches.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)  # drawn at tqdm's own pace
         total_loss, correct, seen = self.processes.sum(total_loss, correct, seen)  # over all processes
         # Images actually trained on: a dropped lone last image is not counted.
         return total_loss / seen, correct / seen, seen / (time.perf_counter() - started)
