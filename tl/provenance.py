@@ -6,7 +6,7 @@ Fingerprints are sha256 digests: of files, of a dataset's file manifest, of a st
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -53,9 +53,11 @@ def environment(device: torch.device, precision: str = "32", world_size: int = 1
     env = {"python": platform.python_version(), "platform": platform.platform(), "precision": precision}
     env["processes"] = str(world_size)
     for package, module in PACKAGES.items():
+        loaded = sys.modules.get(module)
         try:
-            env[package] = importlib.import_module(module).__version__
-        except ImportError:
+            # One this run did not load is not imported for its version (timm: 0.3 s): its distribution's.
+            env[package] = loaded.__version__ if loaded is not None else importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
             env[package] = "not installed"
     env["cpu"], env["cpu_features"] = cpu_model(), " ".join(cpu_features())
     env["device"] = str(device)
