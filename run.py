@@ -11,6 +11,7 @@ torchrun --nproc_per_node=2 run.py               # one run over two processes (D
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tl.cli import exit_without_teardown
 from tl.config import check_config
 from tl.errors import Interrupted, one_line_errors
+from tl.runs import create_store_in_background
 
 if TYPE_CHECKING:
     from tl.distributed import Processes
@@ -59,6 +61,7 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
     code, dataset = code_state(Path(__file__).parent), data.fingerprint()
+    machine = environment(trainer.device, trainer.precision, processes.world_size, trainer.inference_precision)
     trained, fit_train, fit_val = model, train_loader, val_loader  # what the epoch loop sees
     if getattr(strategy, "cache_features", False) and not processes.distributed:
         trained = features.head_only(model)
@@ -75,9 +78,7 @@ def train(cfg: DictConfig, processes: Processes) -> float:
                 tracker.log_missing_epochs(resumed["history"])
             else:
                 tracker.log_config(cfg, choices, hydra_cfg)
-                tracker.log_provenance(
-                    code, environment(trainer.device, trainer.precision, processes.world_size), dataset, model
-                )
+                tracker.log_provenance(code, machine, dataset, model)
             if cfg.rerun:
                 tracker.warn_if_changed(cfg.rerun, code, dataset, model)
             about = {"run_id": tracker.run_id, "config": OmegaConf.to_yaml(cfg), "choices": choices}
@@ -103,6 +104,8 @@ def train(cfg: DictConfig, processes: Processes) -> float:
 @one_line_errors
 def main(cfg: DictConfig) -> float:
     check_config(cfg)  # before anything heavy is imported: a mistake is answered at once
+    if os.environ.get("RANK", "0") == "0":  # the process that logs (under torchrun, rank 0)
+        create_store_in_background(cfg.tracking.uri)  # a new MLflow store, while torch loads
     from tl import distributed
 
     processes = distributed.start(cfg.device)  # one, or several under torchrun

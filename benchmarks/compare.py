@@ -3,9 +3,10 @@
     python benchmarks/compare.py            # small: a few minutes on 2 CPU cores
     python benchmarks/compare.py --full     # the tutorial's 224 px and 25 epochs
 
-Six runs, one after another, each a child process: the tutorial's loop (benchmarks/tutorial_loop.py)
+Eight runs, one after another, each a child process: the tutorial's loop (benchmarks/tutorial_loop.py)
 for both scenarios, then `python run.py` for `finetune` and `frozen` at fp32 (the tutorial's
-arithmetic: no channels_last, files decoded every epoch) and with the fast settings. Prints a table
+arithmetic: no channels_last, files decoded every epoch), with tl's defaults, and with the fast
+settings. Prints a table
 of wall time, epoch time, images per second, peak memory and best validation accuracy, with each
 run's ratios to the tutorial loop of its scenario, and writes it as JSON.
 """
@@ -77,7 +78,7 @@ def main() -> None:
         }  # fmt: skip
         arms = [
             (f"{kind}/{scenario}", scenario, kind)
-            for kind in ("tutorial", "tl-fp32", "tl-fast")
+            for kind in ("tutorial", "tl-fp32", "tl", "tl-fast")  # tl: its defaults
             for scenario in SCENARIOS
         ]
         if args.only:
@@ -183,7 +184,7 @@ def tl_command(scenario: str, kind: str, data: Path, settings: dict, uri: str, o
         command += ["strategy.cache_features=true", f"strategy.cache_dir={output / 'features'}"]
     if kind == "tl-fp32":  # the tutorial's arithmetic, so the difference is the framework's overhead
         command += ["trainer.precision=32", "trainer.channels_last=false", "data.cache_images=false"]
-    else:
+    elif kind == "tl-fast":
         command += [
             f"trainer.precision={fast_precision(settings['device'])}", "trainer.channels_last=true",
             "trainer.deterministic=false", "data.cache_images=true", "data.persistent_workers=true",

@@ -12,9 +12,11 @@ from PIL import Image
 from torchvision.datasets import FashionMNIST
 
 from tests.conftest import make_image_folder
-from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder
+from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder, image_problem
+from tl.decoded_images import DecodedImages, load_image
 from tl.errors import TLError
 from tl.models import Preprocess
+from tl.prediction import LoggedModel, Row, predict
 
 PRE = Preprocess(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -243,7 +245,7 @@ def test_images_kept_in_memory_give_the_same_batches_as_files_read_every_epoch(i
     first = [(_batches(cached_train), _batches(cached_val)), (_batches(train), _batches(val))]
     assert len(cached.images) == 27  # the first epoch stored every image it read
     # The cached loaders read no file any more.
-    monkeypatch.setattr("torchvision.datasets.folder.default_loader", lambda path: pytest.fail(f"read {path}"))
+    monkeypatch.setattr("tl.decoded_images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
     second = [(_batches(cached_train), _batches(cached_val))]
     monkeypatch.undo()
     second.append((_batches(train), _batches(val)))
@@ -260,7 +262,7 @@ def test_images_that_workers_decode_are_kept_for_the_next_epochs_workers(image_f
     assert sum(len(labels) for _, labels in train) == 18
     assert len(data.images) == 18  # written by the workers, seen by the parent
     # Forked after this, the next epoch's workers fail if they read a file.
-    monkeypatch.setattr("torchvision.datasets.folder.default_loader", lambda path: pytest.fail(f"read {path}"))
+    monkeypatch.setattr("tl.decoded_images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
     assert sum(len(labels) for _, labels in train) == 18
 
 
@@ -270,10 +272,10 @@ def test_large_images_are_kept_at_the_size_the_smallest_crop_needs(tmp_path):
     data = image_folder_data(root, image_size=32, train_crop_scale=(0.5, 1.0))
     train, _ = data.loaders(PRE, seed=0)
     list(train)
-    stored = data.images.get(str(root / "train" / "ants" / "big.png"))
+    stored = data.images.get(str(root / "train" / "ants" / "big.png"), 53, PRE.interpolation)
     # A crop of half the area at aspect 3:4 has a shorter side of sqrt(0.375) of the image's.
     assert stored.size == (80, 53) and stored.mode == "RGB"
-    small = data.images.get(str(root / "train" / "ants" / "0.png"))
+    small = data.images.get(str(root / "train" / "ants" / "0.png"), 53, PRE.interpolation)
     assert small.size == (40, 40)  # smaller images are kept as they are
 
 
@@ -285,8 +287,8 @@ def test_images_past_the_memory_budget_are_read_from_disk_at_the_same_size(tmp_p
     data.images.max_bytes = 2 * 40 * 40 * 3  # room for two of the 40 px RGB images; the big one needs 80 x 53
     train, _ = data.loaders(PRE, seed=0)
     assert sum(len(batch) for batch, _ in train) == 19
-    assert len(data.images) == 2 and data.images.full and data.images.get(str(big)) is None
-    assert data.images.load(str(big), largest_side=53).size == (80, 53)  # scaled down alike, though not kept
+    assert len(data.images) == 2 and data.images.full and data.images.get(str(big), 53, PRE.interpolation) is None
+    assert data.images.load(str(big), min_side=53).size == (80, 53)  # scaled down alike, though not kept
     images, _ = next(iter(train))
     assert images.shape[1:] == (3, 32, 32)
     assert sum(len(batch) for batch, _ in train) == 19
@@ -299,3 +301,68 @@ def test_persistent_workers_are_an_opt_in_that_needs_workers(image_folder):
     train, val = data.loaders(PRE, seed=0)
     assert train.persistent_workers and val.persistent_workers
     assert [len(labels) for _ in range(2) for _, labels in train] == [4, 4, 4, 4, 2] * 2
+
+
+def gradient_photo(path, size):
+    """A smooth JPEG, so that scaling methods can be compared on it."""
+    x = np.linspace(0, 255, size[0])[None, :, None]
+    y = np.linspace(0, 255, size[1])[:, None, None]
+    pixels = np.concatenate([np.broadcast_to(x, (size[1], size[0], 1)), np.broadcast_to(y, (size[1], size[0], 1)),
+                             np.broadcast_to((x + y) / 2, (size[1], size[0], 1))], axis=2)  # fmt: skip
+    Image.fromarray(pixels.astype(np.uint8)).save(path, quality=95)
+    return path
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_side_needed(tmp_path, monkeypatch):
+    path = str(gradient_photo(tmp_path / "photo.jpg", (800, 600)))
+    decoded = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: decoded.append(self.size) or resize(self, *a, **k))
+    image = load_image(path, min_side=128)
+    assert decoded == [(200, 150)]  # 1/4 scale: 1/8 (100 x 75) would be smaller than needed
+    assert image.size == (171, 128) and image.mode == "RGB"
+    assert load_image(path).size == (800, 600)  # no size asked: the whole image
+    decoded.clear()
+    assert load_image(path, min_side=600).size == (800, 600) and decoded == []  # at full scale, not resized
+    monkeypatch.undo()
+    with Image.open(path) as full:
+        reference = full.convert("RGB").resize((171, 128), Image.Resampling.BILINEAR)  # from the whole image
+    difference = np.abs(np.asarray(image, dtype=float) - np.asarray(reference, dtype=float))
+    assert difference.mean() < 2  # the same picture: DCT scaling loses no more than resampling does
+
+
+def test_a_stored_image_is_given_only_for_the_size_it_was_read_for(tmp_path):
+    path = str(gradient_photo(tmp_path / "photo.jpg", (400, 300)))
+    images = DecodedImages([path], max_bytes=2**20)
+    small = images.load(path, min_side=100)
+    assert images.get(path, 100).tobytes() == small.tobytes() and len(images) == 1
+    assert images.get(path, 200) is None and images.get(path) is None and images.get(path, 100, "bicubic") is None
+    assert images.load(path, min_side=200).size == (267, 200)  # read again, not scaled up from memory
+    assert images.get(path, 100).size == (133, 100)  # the first one stays
+
+
+def test_validation_and_prediction_read_an_image_alike(tmp_path):
+    root = make_image_folder(tmp_path / "data", {"train": 2, "val": 1})
+    photo = gradient_photo(root / "val" / "ants" / "photo.jpg", (400, 300))
+    data = image_folder_data(root, image_size=32)
+    _, val = data.loaders(PRE, seed=0)
+    index = [path for path, _ in val.dataset.samples].index(str(photo))
+    given = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images):
+            given.append(images)
+            return torch.zeros(len(images), 2)
+
+    predict(LoggedModel(Recorder(), ["ants", "bees"], data.preprocess(PRE)), [Row(str(photo))], batch_size=1)
+    assert torch.equal(given[0][0], val.dataset[index][0])
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_truncated_or_corrupt_jpeg_is_found_by_the_check(tmp_path, progressive):
+    photo = tmp_path / "photo.jpg"
+    Image.open(gradient_photo(photo, (400, 300))).save(photo, quality=90, progressive=progressive)
+    contents = photo.read_bytes()
+    assert image_problem(contents) is None
+    assert image_problem(contents[: len(contents) * 2 // 3]) == "truncated"
+    assert image_problem(contents[:600] + bytes(len(contents) - 600)).startswith(("truncated", "cannot be decoded"))

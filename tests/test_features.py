@@ -1,6 +1,6 @@
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import make_image_folder
 from tl import features
@@ -34,7 +34,16 @@ def test_cached_loaders_keep_the_image_loaders_batching_and_shuffle(tmp_path):
         model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, CPU_TRAINER
     )
     assert isinstance(train.dataset, TensorDataset) and len(train) == len(train_loader) and len(val) == len(val_loader)
-    assert train.drop_last == train_loader.drop_last and train.generator is train_loader.generator
+    assert train.generator is train_loader.generator  # its state is what a checkpoint saves
+    # The batches a plain shuffled DataLoader draws from the same generator state, in the same order.
+    plain_generator = torch.Generator()
+    plain_generator.set_state(train_loader.generator.get_state())
+    plain = DataLoader(train.dataset, batch_size=7, shuffle=True, generator=plain_generator, drop_last=True)
+    for _ in range(2):  # two epochs
+        ours, theirs = list(train), list(plain)
+        assert len(ours) == len(theirs) == 2  # 15 images, batches of 7: the lone last image is dropped
+        assert all(torch.equal(a, b) for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
+    assert [len(labels) for _, labels in val] == [6]
     head_model = features.head_only(model)
     assert head_model.network is model.head and head_model.head is model.head
 
@@ -88,3 +97,11 @@ def test_a_damaged_cache_entry_is_computed_again_and_replaced(tmp_path, caplog):
     assert "unreadable" in caplog.text
     assert torch.equal(again.dataset.tensors[0], expected.dataset.tensors[0])
     assert torch.load(entry, weights_only=True)["train"][0].shape == expected.dataset.tensors[0].shape
+
+
+def test_the_feature_pass_batch_shrinks_with_the_image_area_on_a_cpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert features.extract_batch_size(cpu, 224 * 224) == 8
+    assert features.extract_batch_size(cpu, 112 * 112) == 32
+    assert features.extract_batch_size(cpu, 32 * 32) == 64 and features.extract_batch_size(cpu, 512 * 512) == 2
+    assert features.extract_batch_size(gpu, 224 * 224) == 64

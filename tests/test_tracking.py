@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from tl.data import DatasetFingerprint
 from tl.models import efficientnet_lite0
 from tl.provenance import CodeState
+from tl.runs import create_store_in_background, use_store
 from tl.tracking import MlflowTracker, flatten, run_name
 
 
@@ -70,3 +71,28 @@ def test_provenance_records_the_images_that_were_skipped(mlflow_uri, skipped):
     if skipped:
         csv_text = mlflow.artifacts.load_text(f"runs:/{tracker.run_id}/provenance/skipped_images.csv")
         assert csv_text.splitlines() == ["path,reason", "train/a/x.png,truncated", "val/b/y.jpg,not an image"]
+
+
+def test_a_new_local_store_is_created_in_the_background_and_opens_while_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default: ./mlflow.db
+    mlflow.set_tracking_uri(None)
+    child = create_store_in_background(None)
+    assert child is not None and child.wait(timeout=120) == 0
+    assert create_store_in_background(None) is None  # it exists now
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment("0").name == "Default"
+    # Opened while the child creates it, as run.py does: MLflow's lock lets one create, the other wait.
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    child = create_store_in_background(uri)
+    try:
+        experiment_id = use_store(uri, "t")
+    finally:
+        assert child.wait(timeout=120) == 0
+        mlflow.set_tracking_uri(None)
+    assert MlflowClient(uri).get_experiment(experiment_id).name == "t"
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "sqlite:///:memory:", "postgresql://db/mlflow"])
+def test_only_a_new_sqlite_store_is_created_in_the_background(uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert create_store_in_background(uri) is None

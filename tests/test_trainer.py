@@ -165,6 +165,18 @@ def test_precision_is_checked_and_auto_is_fp32_on_a_cpu():
     assert Trainer(epochs=1, device="cpu").precision == "32"
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_computes_kept_features_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native_bf16):
+    monkeypatch.setattr("tl.trainer.cpu_features", lambda: ["avx2", "avx512_bf16"] if native_bf16 else ["avx2"])
+    trainer = Trainer(epochs=1, device="cpu")
+    assert trainer.precision == "32"  # training steps
+    assert trainer.inference_precision == ("bf16" if native_bf16 else "32")
+    with trainer.inference_autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu") == native_bf16
+    explicit = Trainer(epochs=1, device="cpu", precision="32")  # a precision given is used for every pass
+    assert explicit.inference_precision == "32"
+
+
 def test_fit_turns_on_deterministic_algorithms_only_while_it_runs():
     seen = []
 

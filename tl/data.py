@@ -32,7 +32,7 @@ from torchvision.datasets.utils import download_url
 from torchvision.transforms import v2
 
 from tl.config import check_value
-from tl.decoded_images import DecodedImages
+from tl.decoded_images import DecodedImages, load_image
 from tl.distributed import Processes
 from tl.errors import TLError
 from tl.manifest import FileRecord, Manifest
@@ -208,24 +208,25 @@ class ImageFolderData:
     def train_views(self, model_preprocess: Preprocess) -> datasets.ImageFolder:
         """The training images in their validation view (no augmentation): what a feature cache holds."""
         pre = self.preprocess(model_preprocess)
-        return self._split("train", eval_transform(pre), pre.input_size)
+        return self._split("train", eval_transform(pre), pre.resize_size, pre.interpolation)
 
-    def _split(self, split: str, transform: v2.Compose, input_size: int) -> datasets.ImageFolder:
-        # ImageFolder's loader converts grey, palette, RGBA and CMYK images to RGB.
+    def _split(self, split: str, transform: v2.Compose, min_side: int, interpolation: str) -> datasets.ImageFolder:
+        """`split`'s images, each read with its shorter side scaled down to `min_side` when longer."""
         dataset = datasets.ImageFolder(
             self.root / split, transform=transform, is_valid_file=self._is_loadable, allow_empty=True
         )
-        if self.images is not None:
-            dataset.loader = partial(self.images.load, largest_side=self._largest_needed_side(input_size))
+        # As ImageFolder's loader does, grey, palette, RGBA and CMYK images are converted to RGB.
+        read = load_image if self.images is None else self.images.load
+        dataset.loader = partial(read, min_side=min_side, interpolation=interpolation)
         return dataset
 
     def _workers_share_memory(self) -> bool:
         # Forked workers inherit the parent's shared mapping; spawned ones would need it pickled, which it cannot be.
         return self.num_workers == 0 or _worker_start_method() == "fork"
 
-    def _largest_needed_side(self, input_size: int) -> int:
-        """The shorter side beyond which a stored image can be scaled down without any crop the
-        augmentation takes (smallest area, narrowest aspect ratio 3:4) being upscaled from it."""
+    def _augmentation_min_side(self, input_size: int) -> int:
+        """The shorter side beyond which an image can be scaled down without any crop the augmentation
+        takes (smallest area, narrowest aspect ratio 3:4) being upscaled from it."""
         return math.ceil(input_size / math.sqrt(self.train_crop_scale[0] * 3 / 4))
 
     def loaders(
@@ -235,8 +236,11 @@ class ImageFolderData:
         share of every global batch of `batch_size`; every process validates on the whole val set."""
         processes = processes or Processes()
         train_transform, val_transform = self.transforms(model_preprocess)
-        size = self.preprocess(model_preprocess).input_size
-        train_set, val_set = self._split("train", train_transform, size), self._split("val", val_transform, size)
+        pre = self.preprocess(model_preprocess)
+        train_set = self._split(
+            "train", train_transform, self._augmentation_min_side(pre.input_size), pre.interpolation
+        )
+        val_set = self._split("val", val_transform, pre.resize_size, pre.interpolation)
         for split, dataset in (("train", train_set), ("val", val_set)):
             empty = sorted(set(dataset.classes) - {dataset.classes[t] for t in dataset.targets})
             if empty:
@@ -288,6 +292,9 @@ def image_problem(source: Path | bytes) -> str | None:
         with Image.open(io.BytesIO(contents)) as image:
             problem = _mode_problem(image.mode)
             if problem is None:
+                # A JPEG's pixels at 1/8 scale (Pillow's `draft`): every byte of the file is still decoded, so
+                # truncated or corrupt data is found alike, for about a third of the work of a full decode.
+                image.draft(None, (1, 1))
                 image.load()
     except UnidentifiedImageError:
         return "not an image"

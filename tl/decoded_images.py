@@ -1,4 +1,5 @@
-"""Decoded images kept in memory that the DataLoader workers share, filled as the first epoch reads."""
+"""Reading an image file at the size a model needs, and decoded images kept in memory that the
+DataLoader workers share, filled as the first epoch reads."""
 
 from __future__ import annotations
 
@@ -8,48 +9,73 @@ import multiprocessing
 
 import numpy as np
 from PIL import Image
-from torchvision import datasets
+from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
 
 log = logging.getLogger(__name__)
 
 
+def load_image(path: str, min_side: int | None = None, interpolation: str = "bilinear") -> Image.Image:
+    """The image at `path` in RGB (as ImageFolder's loader gives it), its shorter side scaled down to
+    `min_side` when longer, with `interpolation` (torchvision's name; antialiased, as torchvision's
+    Resize of a PIL image). Training, validation, the feature cache and prediction read images
+    through this one function, so a model is validated on the pixels it will be given.
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still leaves its shorter side at `min_side`
+    or more (libjpeg's DCT scaling, Pillow's `draft`, as `Image.thumbnail` does): the work of a decode
+    falls with the pixels it produces, so a 12-megapixel photo read for a 224 px model decodes about
+    ten times faster, and the scale-down after it starts from a smaller image."""
+    with open(path, "rb") as file:
+        image = Image.open(file)
+        if min_side is not None:
+            image.draft("RGB", (min_side, min_side))  # a no-op for other formats
+        image = image.convert("RGB")
+    if min_side is not None and min(image.size) > min_side:
+        scale = min_side / min(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, pil_modes_mapping[InterpolationMode(interpolation)])
+    return image
+
+
 class DecodedImages:
-    """ImageFolder's loader with memory: each image is decoded (to RGB) and scaled down once, when it is
-    first read, into memory the DataLoader workers share, so epochs after the first read no file.
+    """ImageFolder's loader with memory: each image is read once (`load_image`), when it is first
+    read, into memory the DataLoader workers share, so epochs after the first read no file.
 
     Filled as the first epoch reads rather than before training starts, which cost a full decode of
     every image on every run before its first batch (`benchmarks/data_setup.py` times both): the
     first epoch reads the files, as the tutorial's loop does every epoch. The memory is an anonymous
     shared mapping made here, in the parent, so the workers it forks write to the same pages: what one
     epoch's workers store, later epochs' workers and the parent find. Up to `max_bytes` in all (pages
-    are allocated as they are written); images past that are decoded, and scaled down alike, each time
-    they are read, so an image's pixels never depend on whether or when it was stored."""
+    are allocated as they are written); images past that are read from their files each time, at the
+    same size, so an image's pixels never depend on whether or when it was stored. A stored image is
+    given only for the `min_side` and `interpolation` it was read with."""
 
     def __init__(self, paths: list[str], max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._slots = {path: slot for slot, path in enumerate(paths)}
-        # Row per image: offset in _pixels, width, height (0 until stored); the last: bytes used, 1 once full.
-        self._table = np.frombuffer(mmap.mmap(-1, 3 * 8 * (len(paths) + 1)), dtype=np.int64).reshape(-1, 3)
+        # Row per image: offset in _pixels, width, height (0 until stored), what it was read for (`_read_as`);
+        # the last row: bytes used, 1 once full.
+        self._table = np.frombuffer(mmap.mmap(-1, 4 * 8 * (len(paths) + 1)), dtype=np.int64).reshape(-1, 4)
         self._pixels = mmap.mmap(-1, max(max_bytes, 1))
         # Guards the table across processes. It is held only around a few integer reads and writes (never
         # while decoding or copying pixels), and `with` releases it on KeyboardInterrupt.
         self._lock = multiprocessing.Lock()
 
-    def load(self, path: str, largest_side: int | None = None) -> Image.Image:
-        """The image at `path` in RGB, scaled down to a shorter side of `largest_side` when larger: from
-        memory once stored, else decoded and stored while the budget lasts."""
+    def load(self, path: str, min_side: int | None = None, interpolation: str = "bilinear") -> Image.Image:
+        """`load_image(path, min_side, interpolation)`: from memory once stored, else read and stored
+        while the budget lasts."""
         slot = self._slots.get(path)
-        image = None if slot is None else self._stored(slot)
+        read_as = _read_as(min_side, interpolation)
+        image = None if slot is None else self._stored(slot, read_as)
         if image is None:
-            image = _decoded(path, largest_side)
-            if slot is not None and image.mode == "RGB":
-                self._store(slot, image)
+            image = load_image(path, min_side, interpolation)
+            if slot is not None:
+                self._store(slot, image, read_as)
         return image
 
-    def get(self, path: str) -> Image.Image | None:
-        """The stored image, or None."""
+    def get(self, path: str, min_side: int | None = None, interpolation: str = "bilinear") -> Image.Image | None:
+        """The stored image read with these arguments, or None."""
         slot = self._slots.get(path)
-        return None if slot is None else self._stored(slot)
+        return None if slot is None else self._stored(slot, _read_as(min_side, interpolation))
 
     def __len__(self) -> int:
         with self._lock:
@@ -60,25 +86,25 @@ class DecodedImages:
         with self._lock:
             return bool(self._table[-1, 1])
 
-    def _stored(self, slot: int) -> Image.Image | None:
+    def _stored(self, slot: int, read_as: int) -> Image.Image | None:
         with self._lock:
-            offset, width, height = self._table[slot].tolist()
-        if not width:
+            offset, width, height, stored_as = self._table[slot].tolist()
+        if not width or stored_as != read_as:
             return None
         # Written before its row was filled in, under the lock, and never written again.
         return Image.frombytes("RGB", (width, height), self._pixels[offset : offset + 3 * width * height])
 
-    def _store(self, slot: int, image: Image.Image) -> None:
+    def _store(self, slot: int, image: Image.Image, read_as: int) -> None:
         pixels = image.tobytes()
         with self._lock:
-            offset, full = self._table[-1, :2].tolist()
-            fits = offset + len(pixels) <= min(self.max_bytes, len(self._pixels))
+            offset, full, stored_width = int(self._table[-1, 0]), int(self._table[-1, 1]), int(self._table[slot, 1])
+            fits = not stored_width and offset + len(pixels) <= min(self.max_bytes, len(self._pixels))
             if fits:
                 self._table[-1, 0] = offset + len(pixels)  # the space is this process's from here on
-            else:
+            elif not stored_width:
                 self._table[-1, 1] = 1
         if not fits:
-            if not full:
+            if not full and not stored_width:
                 log.info(
                     "%d images (%.0f MiB) kept in memory; the others are decoded every time they are read",
                     len(self),
@@ -87,12 +113,9 @@ class DecodedImages:
             return
         self._pixels[offset : offset + len(pixels)] = pixels
         with self._lock:
-            self._table[slot] = (offset, image.width, image.height)
+            self._table[slot] = (offset, image.width, image.height, read_as)
 
 
-def _decoded(path: str, largest_side: int | None) -> Image.Image:
-    image = datasets.folder.default_loader(path)
-    if largest_side is not None and min(image.size) > largest_side:
-        scale = largest_side / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-    return image
+def _read_as(min_side: int | None, interpolation: str) -> int:
+    """`load_image`'s arguments as one integer, for the table."""
+    return (min_side or 0) * 16 + pil_modes_mapping[InterpolationMode(interpolation)]

@@ -6,6 +6,7 @@ Figures are built with matplotlib's object API (no pyplot): headless, and nothin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,27 +93,37 @@ def plot_curves(history: list[dict[str, float]]) -> Figure:
 def plot_worst_misclassified(
     predictions: Predictions, dataset: Dataset, classes: list[str], preprocess: Preprocess, count: int = 16
 ) -> Figure:
-    """The validation images the model got wrong with the highest confidence."""
+    """The validation images the model got wrong with the highest confidence, tiled into one picture.
+
+    One axes holding one image, the tiles' captions as text on it, drawn at about 200 px a tile:
+    sixteen axes with a tight layout at 300 px a tile took ~0.7 s of every run's end to draw and save."""
     wrong = (predictions.predicted != predictions.labels).nonzero().flatten()
     confidence = predictions.probabilities.max(1).values[wrong]
     worst = wrong[confidence.argsort(descending=True)][:count].tolist()
-    columns = 4
+    columns, side = 4, preprocess.input_size
     rows = max(1, -(-len(worst) // columns))
-    figure = Figure(figsize=(3 * columns, 3.3 * rows))
-    grid = figure.subplots(rows, columns, squeeze=False)
+    scale = max(1.0, 200 / side)  # figure pixels per image pixel
+    gap, caption = math.ceil(8 / scale), math.ceil(40 / scale)  # in image pixels: 8 and 40 figure pixels
+    tiles = np.ones((rows * (caption + side) + gap, columns * (side + gap) + gap, 3))
+    dpi = 100
+    height = tiles.shape[0] * scale / dpi
+    title = 0.5  # inches above the tiles for the figure's title
+    figure = Figure(figsize=(tiles.shape[1] * scale / dpi, height + title), dpi=dpi)
+    axes = figure.add_axes((0, 0, 1, height / (height + title)))
+    axes.axis("off")
     mean, std = torch.tensor(preprocess.mean)[:, None, None], torch.tensor(preprocess.std)[:, None, None]
-    for axes in grid.flat:
-        axes.axis("off")
-    for axes, index in zip(grid.flat, worst, strict=False):
-        image = (dataset[index][0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-        axes.imshow(image)
+    for tile, index in enumerate(worst):
+        row, column = divmod(tile, columns)
+        top, left = row * (caption + side) + caption, gap + column * (side + gap)
+        tiles[top : top + side, left : left + side] = (dataset[index][0] * std + mean).clamp(0, 1).permute(1, 2, 0)
         true, predicted = classes[predictions.labels[index]], classes[predictions.predicted[index]]
         probability = predictions.probabilities[index].max().item()
-        axes.set_title(f"true: {true}\npredicted: {predicted} ({probability:.2f})", fontsize=9)
+        axes.text(left + side / 2, top - 2 / scale, f"true: {true}\npredicted: {predicted} ({probability:.2f})",
+                  ha="center", va="bottom", fontsize=9)  # fmt: skip
+    axes.imshow(tiles, interpolation="nearest")
     if not worst:
-        grid[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+        axes.text(tiles.shape[1] / 2, tiles.shape[0] / 2, "no misclassified images", ha="center", va="center")
     figure.suptitle("worst misclassified validation images")
-    figure.tight_layout()
     return figure
 
 

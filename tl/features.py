@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from tl.checkpoints import Checkpoint
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what is stored changes
+CACHE_FORMAT = 2  # bump when what is stored, or how images are read, changes
+PRECISION_NAMES = {"32": "fp32", "bf16": "bf16", "16-mixed": "fp16"}
 
 
 @contextlib.contextmanager
@@ -55,11 +56,15 @@ def _parent_of(network: nn.Module, head: nn.Module) -> tuple[nn.Module, str]:
     raise ValueError("the head is not a submodule of the network")
 
 
-def extract_batch_size(device: torch.device) -> int:
-    """Inference only, so the fastest batch size, not training's. On a CPU, large batches are slower per
-    image once activations outgrow the caches (2-core Xeon, ms per image at batch 8 / 64: ResNet-18
-    29 / 40, EfficientNet-Lite0 23 / 49, fp32); a GPU wants them large."""
-    return 8 if device.type == "cpu" else 64
+def extract_batch_size(device: torch.device, image_pixels: int) -> int:
+    """Inference only, so the fastest batch size, not training's. On a CPU, the batch whose activations
+    still fit the caches: larger ones are slower per image (2-core Xeon, 224 px, ms per image at batch
+    8 / 64: ResNet-18 29 / 40, EfficientNet-Lite0 23 / 49, fp32), so 8 images at 224 px and as many
+    more as fit at a smaller size (112 px: 32; ResNet-18 bf16 on a 2-core AMD EPYC at 112 px, batch
+    8 / 32: 2.7 / 2.3 ms per image). A GPU wants them large."""
+    if device.type != "cpu":
+        return 64
+    return max(1, min(64, round(8 * 224 * 224 / image_pixels)))
 
 
 @torch.no_grad()
@@ -105,7 +110,7 @@ def cache_key(
             "train_transform": repr(getattr(train_views, "transform", None)),
             "val_transform": repr(getattr(val_set, "transform", None)),
             "images": images_sha256,
-            "precision": trainer.precision,
+            "precision": trainer.inference_precision,
             "memory_format": str(trainer.memory_format),
             "device": trainer.device.type,
             "torch": torch.__version__,
@@ -139,15 +144,20 @@ def cached_loaders(
         options = {"num_workers": train_loader.num_workers, "pin_memory": train_loader.pin_memory}
         if train_loader.num_workers > 0:
             options["multiprocessing_context"] = train_loader.multiprocessing_context
-        run = {"device": trainer.device, "autocast": trainer.autocast, "memory_format": trainer.memory_format}
-        batch_size = extract_batch_size(trainer.device)
-        log.info("computing the backbone's features of %d train and %d val images", len(train_views), len(val_set))
-        shown = trainer.progress and trainer.processes.is_main
-        train, val = (
-            extract(model, dataset, batch_size, loader_options=options, progress=f"{split} features" if shown else None,
-                    **run)
-            for split, dataset in (("train", train_views), ("val", val_set))
+        run = {"device": trainer.device, "autocast": trainer.inference_autocast, "memory_format": trainer.memory_format}
+        batch_size = extract_batch_size(trainer.device, train_views[0][0][0].numel())
+        log.info(
+            "computing the backbone's features of %d train and %d val images (%s, batch %d)",
+            len(train_views), len(val_set), PRECISION_NAMES[trainer.inference_precision], batch_size,
         )  # fmt: skip
+        shown = trainer.progress and trainer.processes.is_main
+        # One pass over both splits: one set of loader workers and one warm-up, not two.
+        both = extract(model, ConcatDataset([train_views, val_set]), batch_size, loader_options=options,
+                       progress="features" if shown else None, **run)  # fmt: skip
+        split = len(train_views)
+        train, val = (
+            TensorDataset(*(t[part] for t in both.tensors)) for part in (slice(None, split), slice(split, None))
+        )
         size = train.tensors[0].shape[1]
         log.info("cached %d train and %d val feature vectors of size %d", len(train), len(val), size)
         if path is not None:

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tl.data import eval_transform
+from tl.decoded_images import load_image
 from tl.errors import TLError
 from tl.models import Preprocess
 
@@ -74,8 +75,9 @@ def predict(model: LoggedModel, rows: list[Row], batch_size: int) -> list[Row]:
         readable, tensors = [], []
         for row in batch:
             try:
-                with Image.open(row.path) as image:
-                    tensors.append(transform(image.convert("RGB")))
+                # Read as validation read it: the pixels the model's validation accuracy was measured on.
+                pre = model.preprocess
+                tensors.append(transform(load_image(str(row.path), pre.resize_size, pre.interpolation)))
                 readable.append(row)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 row.error = f"{type(error).__name__}: {error}"

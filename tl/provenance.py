@@ -48,9 +48,13 @@ def code_state(directory: Path) -> CodeState:
     return CodeState(commit.strip(), bool(diff), diff)
 
 
-def environment(device: torch.device, precision: str = "32", world_size: int = 1) -> dict[str, str]:
-    """Python and library versions, the machine, and the precision and number of processes the run used."""
+def environment(
+    device: torch.device, precision: str = "32", world_size: int = 1, inference_precision: str | None = None
+) -> dict[str, str]:
+    """Python and library versions, the machine, and the precision (of training; of the frozen backbone's
+    feature pass) and number of processes the run used."""
     env = {"python": platform.python_version(), "platform": platform.platform(), "precision": precision}
+    env["inference_precision"] = inference_precision or precision
     env["processes"] = str(world_size)
     for package, module in PACKAGES.items():
         loaded = sys.modules.get(module)
