@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 import torch
 
-from tests.conftest import ROOT, make_image_folder
+from tests.helpers import ROOT, make_image_folder
 from tl.provenance import cpu_model
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import socket
 import subprocess
@@ -20,35 +19,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tests.conftest import ROOT, make_image_folder
+from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
 from tl import evaluation
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(
-    *args: str, cwd: Path, mlflow_uri: str, project: Path = ROOT, script: str = "run.py", timeout: int = 600
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
-    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
-    command = [sys.executable, str(project / script), *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def tiny(image_folder: Path) -> list[str]:
-    return [
-        "data=image_folder",
-        f"data.root={image_folder}",
-        "data.image_size=32",
-        "data.num_workers=0",
-        "batch_size=6",
-    ]
-
-
-def runs(mlflow_uri: str) -> list:
-    client = MlflowClient(mlflow_uri)
-    experiment = client.get_experiment_by_name("tl")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +135,6 @@ CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 def metric_histories(run_id: str, keys: tuple[str, ...] = (*CURVE_KEYS, "lr")) -> dict[str, list[float]]:
     client = MlflowClient()
     return {key: [m.value for m in client.get_metric_history(run_id, key)] for key in keys}
-
-
-def assert_same_numbers(ours: dict[str, list[float]], theirs: dict[str, list[float]]) -> None:
-    """Metric histories alike, step for step. Within one process a CPU run repeats bit for bit; another
-    process may get kernels that round the last bits differently, so the values are compared to 1e-4."""
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
 
 
 def logged_pixels(run_id: str, path: str) -> np.ndarray:

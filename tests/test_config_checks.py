@@ -1,6 +1,6 @@
 import pytest
 
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 from tl.config import check_config
 from tl.errors import TLError
 from tl.tracking import MlflowTracker

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from tests.conftest import make_image_folder
+from tests.helpers import BAD_IMAGES, make_image_folder
 from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder, image_problem
 from tl.decoded_images import DecodedImages, load_image
 from tl.errors import TLError
@@ -156,30 +156,6 @@ def test_a_lone_last_training_image_is_dropped_so_batchnorm_can_train(image_fold
     assert [len(labels) for _, labels in train] == [6, 6, 6]
     train, _ = image_folder_data(image_folder, image_size=32, batch_size=5).loaders(PRE, seed=0)
     assert [len(labels) for _, labels in train] == [5, 5, 5, 4]
-
-
-BAD_IMAGES = [
-    ("train/ants/truncated.png", "truncated"),
-    ("train/bees/empty.jpg", "empty file"),
-    ("train/wasps/deep.png", "16-bit image (mode I;16): save it as 8-bit RGB"),
-    ("val/wasps/notes.png", "not an image"),
-]
-
-
-@pytest.fixture
-def folder_with_bad_images(image_folder):
-    """The usual folder plus the four BAD_IMAGES and a CMYK JPEG, which is fine."""
-    valid_png = (image_folder / "train" / "ants" / "0.png").read_bytes()
-    (image_folder / "train" / "ants" / "truncated.png").write_bytes(valid_png[: len(valid_png) // 2])
-    (image_folder / "train" / "bees" / "empty.jpg").write_bytes(b"")
-    (image_folder / "val" / "wasps" / "notes.png").write_text("not a picture")
-    deep = image_folder / "train" / "wasps" / "deep.png"
-    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(deep)
-    assert Image.open(deep).mode == "I;16"
-    cmyk = image_folder / "val" / "ants" / "cmyk.jpg"
-    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).convert("CMYK").save(cmyk)
-    assert Image.open(cmyk).mode == "CMYK"
-    return image_folder
 
 
 def test_unreadable_images_are_found_up_front_and_skipped_with_one_warning(folder_with_bad_images, caplog):

@@ -12,8 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from tests.conftest import ROOT
-from tests.test_cli import runs, tiny
+from tests.helpers import ROOT, runs, tiny
 from tl.distributed import Processes
 from tl.errors import TLError
 from tl.models import Preprocess, TransferModel

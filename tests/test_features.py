@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.conftest import make_image_folder
+from tests.helpers import make_image_folder
 from tl import features
 from tl.data import image_folder
 from tl.models import efficientnet_lite0

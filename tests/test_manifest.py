@@ -18,8 +18,7 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tests.conftest import ROOT, compose_config, make_image_folder
-from tests.test_data import BAD_IMAGES, folder_with_bad_images  # noqa: F401 (a fixture)
+from tests.helpers import BAD_IMAGES, ROOT, compose_config, make_image_folder
 from tl.data import DatasetFingerprint, ImageFolderData, image_problem
 from tl.manifest import VERSION
 from tl.provenance import file_sha256
@@ -67,7 +66,7 @@ def folder(tmp_path: Path) -> Path:
     return age(make_image_folder(tmp_path / "data"))
 
 
-def test_the_fingerprint_is_the_one_computed_by_hashing_every_file(folder_with_bad_images, tmp_path):  # noqa: F811
+def test_the_fingerprint_is_the_one_computed_by_hashing_every_file(folder_with_bad_images, tmp_path):
     age(folder_with_bad_images)
     for manifest_dir in (None, tmp_path / "manifests", tmp_path / "manifests"):  # none, first run, repeat run
         data = build(folder_with_bad_images, manifest_dir)
@@ -126,7 +125,7 @@ def test_a_removed_and_an_added_file_are_seen(folder, tmp_path):
     assert "train/bees/0.png" not in json.loads(manifest_file(tmp_path / "manifests").read_text())["files"]
 
 
-def test_bad_images_come_back_from_the_manifest_unchanged(folder_with_bad_images, tmp_path, monkeypatch):  # noqa: F811
+def test_bad_images_come_back_from_the_manifest_unchanged(folder_with_bad_images, tmp_path, monkeypatch):
     age(folder_with_bad_images)
     first = build(folder_with_bad_images, tmp_path / "manifests")
     assert first.bad_images == BAD_IMAGES
@@ -137,7 +136,7 @@ def test_bad_images_come_back_from_the_manifest_unchanged(folder_with_bad_images
         build(folder_with_bad_images, tmp_path / "manifests", on_bad_image="error")
 
 
-def test_the_check_gives_the_same_answer_for_a_file_and_its_contents(folder_with_bad_images):  # noqa: F811
+def test_the_check_gives_the_same_answer_for_a_file_and_its_contents(folder_with_bad_images):
     for path in folder_with_bad_images.rglob("*.*"):
         assert image_problem(path) == image_problem(path.read_bytes())
 

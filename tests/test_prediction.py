@@ -3,7 +3,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from tests.conftest import make_image_folder
+from tests.helpers import make_image_folder
 from tl.errors import TLError
 from tl.models import efficientnet_lite0
 from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, make_image_folder
-from tests.test_cli import assert_same_numbers, run_cli, runs, tiny
+from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
 from tl import checkpoints
 
 pytestmark = pytest.mark.slow

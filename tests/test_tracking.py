@@ -1,3 +1,5 @@
+import fcntl
+import time
 from types import SimpleNamespace
 
 import mlflow
@@ -10,7 +12,7 @@ from omegaconf import OmegaConf
 from tl.data import DatasetFingerprint
 from tl.models import efficientnet_lite0
 from tl.provenance import CodeState
-from tl.runs import create_store_in_background, use_store
+from tl.runs import _lock_path, create_store_in_background, use_store
 from tl.tracking import MlflowTracker, flatten, run_name
 
 
@@ -81,15 +83,30 @@ def test_a_new_local_store_is_created_in_the_background_and_opens_while_it_is(tm
     assert child is not None and child.wait(timeout=120) == 0
     assert create_store_in_background(None) is None  # it exists now
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment("0").name == "Default"
-    # Opened while the child creates it, as run.py does: MLflow's lock lets one create, the other wait.
-    uri = f"sqlite:///{tmp_path / 'other.db'}"
-    child = create_store_in_background(uri)
-    try:
-        experiment_id = use_store(uri, "t")
-    finally:
-        assert child.wait(timeout=120) == 0
-        mlflow.set_tracking_uri(None)
-    assert MlflowClient(uri).get_experiment(experiment_id).name == "t"
+    # Opened while the child starts (this process takes the store's lock first and creates it) and
+    # while the child holds the lock, creating it (this process waits): both end well, both orders.
+    for name, wait_for_the_child in (("first.db", False), ("second.db", True)):
+        uri = f"sqlite:///{tmp_path / name}"
+        child = create_store_in_background(uri)
+        while wait_for_the_child and child.poll() is None and not locked(_lock_path(tmp_path / name)):
+            time.sleep(0.01)
+        try:
+            experiment_id = use_store(uri, "t")
+        finally:
+            assert child.wait(timeout=120) == 0
+            mlflow.set_tracking_uri(None)
+        assert MlflowClient(uri).get_experiment(experiment_id).name == "t"
+
+
+def locked(path) -> bool:
+    """Whether another process holds the flock on `path`."""
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return False
 
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "sqlite:///:memory:", "postgresql://db/mlflow"])

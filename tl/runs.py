@@ -7,12 +7,16 @@ MLflow and urllib are imported by `use_store`, when a run starts, so that loadin
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import logging
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tl.config import override_key
@@ -27,8 +31,12 @@ ERROR_TAG = "tl.error"
 FAILED_JOB_TAG = "tl.failed_job."  # + the job's number, on a sweep's parent run
 LOCAL_STORE = "sqlite:///mlflow.db"  # tracking.fallback=local; also MLflow's default store
 # Run in a child process: the store this process will open (MLflow resolves `uri or its default` alike
-# in both, from the same environment and folder), created if it is new.
-CREATE_STORE = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1] or mlflow.get_tracking_uri()).search_experiments()"
+# in both, from the same environment and folder), created if it is new, under the store's lock.
+CREATE_STORE = """import fcntl, sys, mlflow
+with open(sys.argv[2], "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    mlflow.MlflowClient(sys.argv[1] or mlflow.get_tracking_uri()).search_experiments()
+"""
 
 
 def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
@@ -67,7 +75,9 @@ def use_store(uri: str | None, experiment: str, fallback: str | None = None) -> 
         )
     if uri:
         mlflow.set_tracking_uri(uri)
-    return mlflow.set_experiment(experiment).experiment_id
+    path = _sqlite_path(uri or mlflow.get_tracking_uri())
+    with _store_lock(path) if path and os.name != "nt" else contextlib.nullcontext():
+        return mlflow.set_experiment(experiment).experiment_id  # creates a new store's tables
 
 
 def _unreachable(uri: str) -> str | None:
@@ -86,18 +96,34 @@ def _unreachable(uri: str) -> str | None:
 def create_store_in_background(uri: str | None) -> subprocess.Popen | None:
     """Start creating a new local MLflow store (a SQLite file) in a child process, while this one
     loads torch and the rest on one core: MLflow creates a database by running each of its schema
-    migrations (~0.9 s on 2 cores), once per store, so a user's first run paid it. MLflow guards the
-    creation with a file lock, so a process that opens the store meanwhile waits for the child and
-    then finds its tables. Nothing starts when the store exists or is not a SQLite file, nor on
-    Windows, where MLflow takes no such lock. The child runs in its own session: a Ctrl-C meant
-    for the run does not stop it halfway through a migration."""
+    migrations (~0.9 s on 2 cores), once per store, so a user's first run paid it. The child creates
+    it holding the store's lock, which `use_store` takes too: a run that opens the store meanwhile
+    waits for the child and then finds its tables (MLflow's tracking store takes no lock of its own,
+    and two processes migrating one new database at once fail). Nothing starts when the store exists
+    or is not a SQLite file, nor on Windows (no flock). The child runs in its own session: a Ctrl-C
+    meant for the run does not stop it halfway through a migration."""
     path = _sqlite_path(uri or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE)
     if os.name == "nt" or path is None or path.exists() or (not uri and Path("mlruns").is_dir()):
         return None  # (./mlruns makes MLflow's default a file store)
     return subprocess.Popen(
-        [sys.executable, "-c", CREATE_STORE, uri or ""],
+        [sys.executable, "-c", CREATE_STORE, uri or "", str(_lock_path(path))],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path) -> Iterator[None]:
+    """Held while a SQLite store is opened (and, when new, created): see `create_store_in_background`."""
+    import fcntl  # POSIX only: imported where it is used
+
+    with open(_lock_path(path), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _lock_path(path: Path) -> Path:
+    # Beside the other temporary files, not the user's store: one lock per store, by its absolute path.
+    return Path(tempfile.gettempdir(), f"tl-store-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.lock")
 
 
 def _sqlite_path(uri: str) -> Path | None:
