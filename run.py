@@ -34,9 +34,9 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     # and `--help`, `--cfg job` or a mistake in the config should not wait for them.
     from tl import checkpoints, features
     from tl.distributed import OtherRank
+    from tl.numerics import seed_everything
     from tl.provenance import code_state, environment
-    from tl.tracking import recorded_config, recorded_output_dir
-    from tl.trainer import seed_everything
+    from tl.reproduce import recorded_config, recorded_output_dir
 
     logging.getLogger("tl").info("starting: config checked, libraries loaded")  # benchmarks/overhead.py reads it
     hydra_cfg = HydraConfig.get()

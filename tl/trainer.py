@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import logging
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -22,12 +16,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from tl.checkpoints import Checkpoint, restore_rng_states, rng_states
-from tl.config import check_value
 from tl.distributed import Processes
 from tl.errors import TLError
 from tl.evaluation import Predictions
 from tl.models import TransferModel
-from tl.provenance import cpu_features
+from tl.numerics import autocast_for, numerics, resolve_device, resolve_precision
 from tl.schedulers import Schedule
 
 log = logging.getLogger(__name__)
@@ -49,76 +42,6 @@ class FitResult:
     best_predictions: Predictions | None = None  # on the validation set, by the restored weights
 
 
-@contextlib.contextmanager
-def numerics(deterministic: bool) -> Iterator[None]:
-    """Deterministic algorithms (or cuDNN's autotuner) while the block runs; the process's previous
-    settings afterwards, so that what runs after a fit in the same process is not changed by it."""
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.utils.deterministic.fill_uninitialized_memory,
-        torch.backends.cudnn.benchmark,
-    )
-    if deterministic:
-        # Bit-reproducible on a CPU (same machine, threads and seed); on CUDA it rules out
-        # nondeterministic kernels, which cuBLAS needs a fixed workspace for.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
-    # Deterministic mode would also fill every new tensor with NaN first (in case an op leaves some of
-    # it unwritten): a cost on every allocation, for ops this loop does not use.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    # cuDNN's autotuner picks the fastest convolution for each input shape; its picks can vary by run.
-    torch.backends.cudnn.benchmark = not deterministic
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
-        torch.backends.cudnn.benchmark = previous[3]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device, gradients: bool = True) -> str:
-    """`auto`: bf16 (else fp16 with loss scaling) on a GPU. On a CPU, fp32 for training, where bf16
-    autocast was not faster for EfficientNet-Lite0's depthwise convolutions (2-core machines we
-    measured); for a pass without gradients whose output is kept (`gradients=False`: the frozen
-    backbone's features), bf16 where the CPU computes it natively, as forwards are 1.8-2.8x faster
-    there for both ResNet-18 and EfficientNet-Lite0 (2-core AMD EPYC Zen 4), fp32 elsewhere."""
-    check_value("trainer.precision", precision)
-    if precision != "auto":
-        return str(precision)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if device.type == "cpu" and not gradients and native_bf16_cpu():
-        return "bf16"
-    return "32"
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX), rather than emulating bf16."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
-
-
-def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return functools.partial(torch.autocast, device.type, dtype=dtype, enabled=dtype is not None)
-
-
 class Trainer:
     def __init__(
         self,
@@ -137,10 +60,10 @@ class Trainer:
         if self.device.type == "cuda" and self.device.index is None and self.processes.distributed:
             self.device = torch.device("cuda", self.processes.local_rank)  # one GPU per process
         self.precision = resolve_precision(precision, self.device)
-        self.autocast = _autocast(self.device, self.precision)
+        self.autocast = autocast_for(self.device, self.precision)
         # For passes without gradients whose output is kept: the frozen backbone's features.
         self.inference_precision = resolve_precision(precision, self.device, gradients=False)
-        self.inference_autocast = _autocast(self.device, self.inference_precision)
+        self.inference_autocast = autocast_for(self.device, self.inference_precision)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "16-mixed")
         # NHWC memory layout: about 1.8x faster convolutions for EfficientNet-Lite0 on a 2-core CPU.
