@@ -13,8 +13,8 @@ from torchvision.datasets import FashionMNIST
 
 from tests.helpers import BAD_IMAGES, make_image_folder
 from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder, image_problem
-from tl.decoded_images import DecodedImages, load_image
 from tl.errors import TLError
+from tl.images import DecodedImages, load_image
 from tl.models import Preprocess
 from tl.prediction import LoggedModel, Row, predict
 
@@ -221,7 +221,7 @@ def test_images_kept_in_memory_give_the_same_batches_as_files_read_every_epoch(i
     first = [(_batches(cached_train), _batches(cached_val)), (_batches(train), _batches(val))]
     assert len(cached.images) == 27  # the first epoch stored every image it read
     # The cached loaders read no file any more.
-    monkeypatch.setattr("tl.decoded_images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
+    monkeypatch.setattr("tl.images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
     second = [(_batches(cached_train), _batches(cached_val))]
     monkeypatch.undo()
     second.append((_batches(train), _batches(val)))
@@ -238,7 +238,7 @@ def test_images_that_workers_decode_are_kept_for_the_next_epochs_workers(image_f
     assert sum(len(labels) for _, labels in train) == 18
     assert len(data.images) == 18  # written by the workers, seen by the parent
     # Forked after this, the next epoch's workers fail if they read a file.
-    monkeypatch.setattr("tl.decoded_images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
+    monkeypatch.setattr("tl.images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
     assert sum(len(labels) for _, labels in train) == 18
 
 

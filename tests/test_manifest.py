@@ -19,8 +19,9 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from tests.helpers import BAD_IMAGES, ROOT, compose_config, make_image_folder
-from tl.data import DatasetFingerprint, ImageFolderData, image_problem
-from tl.manifest import VERSION
+from tl.data import ImageFolderData
+from tl.images import image_problem
+from tl.manifest import VERSION, DatasetFingerprint
 from tl.provenance import file_sha256
 
 AN_HOUR_AGO = time.time() - 3600
@@ -77,7 +78,7 @@ def test_the_fingerprint_is_the_one_computed_by_hashing_every_file(folder_with_b
 def test_a_repeat_run_on_an_unchanged_folder_reads_decodes_and_hashes_nothing(folder, tmp_path, monkeypatch):
     first = build(folder, tmp_path / "manifests").fingerprint()
     calls = []
-    readers = ("tl.manifest.Manifest._examine", "pathlib.Path.read_bytes", "tl.data.file_sha256")  # read and hash
+    readers = ("tl.manifest.Manifest._examine", "pathlib.Path.read_bytes", "tl.provenance.file_sha256")  # read, hash
     for target in (*readers, "tl.data.image_problem", "PIL.Image.open"):  # decode
         monkeypatch.setattr(target, lambda *args, _name=target, **kwargs: calls.append(_name))
     again = build(folder, tmp_path / "manifests")

@@ -9,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from tl.data import DatasetFingerprint
+from tl.manifest import DatasetFingerprint
 from tl.models import efficientnet_lite0
 from tl.provenance import CodeState
 from tl.runs import _lock_path, create_store_in_background, use_store

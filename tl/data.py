@@ -8,64 +8,34 @@ so nothing about sizes or normalisation is typed twice.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import os
-import random
 import sys
-import tempfile
-import urllib.error
 import zipfile
-from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-import PIL
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import download_url
 from torchvision.transforms import v2
 
 from tl.config import check_value
-from tl.decoded_images import DecodedImages, load_image
+from tl.datasets.download import check_sha256, download
 from tl.distributed import Processes
 from tl.errors import TLError
-from tl.manifest import FileRecord, Manifest
+from tl.images import IMAGE_CHECK, DecodedImages, image_problem, load_image
+from tl.manifest import DatasetFingerprint, FileRecord, Manifest
 from tl.models import Preprocess
-from tl.provenance import file_sha256
+from tl.numerics import seed_worker
 
 log = logging.getLogger(__name__)
 
 FASHION_SAMPLE_ROOT = Path(__file__).parent / "datasets" / "fashion_sample"
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 IMAGE_CACHE_BYTES = 2 * 2**30  # decoded images kept in memory, at most
-# Modes whose values go past 8 bits: converting them to RGB clips them, so the picture is lost.
-HIGH_BIT_DEPTH_MODES = {"I;16": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
-# What a manifest's check results depend on: records made with another are checked again.
-# Bump the number when `image_problem` changes what it returns.
-IMAGE_CHECK = f"image_problem 1, Pillow {PIL.__version__}"
-
-
-@dataclass
-class DatasetFingerprint:
-    sha256: str
-    counts: dict[str, dict[str, int]]  # split -> class -> images
-    files: list[tuple[str, int, str]]  # (path relative to the root, bytes, sha256), sorted
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the root, reason), sorted
-
-    def changes_from(self, other_files: list[tuple[str, int, str]]) -> list[str]:
-        """What differs from another manifest: `+ added`, `- removed`, `~ changed` paths."""
-        ours = {path: digest for path, _, digest in self.files}
-        theirs = {path: digest for path, _, digest in other_files}
-        added = [f"+ {p}" for p in sorted(ours.keys() - theirs.keys())]
-        removed = [f"- {p}" for p in sorted(theirs.keys() - ours.keys())]
-        changed = [f"~ {p}" for p in sorted(ours.keys() & theirs.keys()) if ours[p] != theirs[p]]
-        return added + removed + changed
 
 
 class ImageFolderData:
@@ -252,7 +222,7 @@ class ImageFolderData:
         common = {
             "batch_size": batch_size,
             "num_workers": self.num_workers,
-            "worker_init_fn": _seed_worker,
+            "worker_init_fn": seed_worker,
             "pin_memory": pin_memory,  # page-locked batches copy to a GPU asynchronously
         }
         if self.num_workers > 0:
@@ -280,47 +250,6 @@ class ImageFolderData:
 
 def _worker_start_method() -> str:
     return "fork" if sys.platform == "linux" else "spawn"
-
-
-def image_problem(source: Path | bytes) -> str | None:
-    """Why ImageFolder's loader could not give this file (or these contents of one) as an RGB image, or
-    None when it can. Decodes the whole image once, so truncated files are found too."""
-    try:
-        contents = source if isinstance(source, bytes) else source.read_bytes()
-        if not contents:
-            return "empty file"
-        with Image.open(io.BytesIO(contents)) as image:
-            problem = _mode_problem(image.mode)
-            if problem is None:
-                # A JPEG's pixels at 1/8 scale (Pillow's `draft`): every byte of the file is still decoded, so
-                # truncated or corrupt data is found alike, for about a third of the work of a full decode.
-                image.draft(None, (1, 1))
-                image.load()
-    except UnidentifiedImageError:
-        return "not an image"
-    except Exception as error:  # anything that fails here would fail in the loader, mid-training
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return "truncated" if "truncated" in text.lower() else f"cannot be decoded: {text}"
-    return problem
-
-
-def _mode_problem(mode: str) -> str | None:
-    depth = HIGH_BIT_DEPTH_MODES.get("I;16" if mode.startswith("I;16") else mode)  # I;16, I;16B, I;16L, I;16N
-    if depth:
-        return f"{depth} image (mode {mode}): save it as 8-bit RGB"
-    if not _converts_to_rgb(mode):
-        return f"mode {mode} cannot be converted to RGB: save it as 8-bit RGB"
-    return None
-
-
-@cache
-def _converts_to_rgb(mode: str) -> bool:
-    # Pillow is asked, with a one-pixel image, rather than keeping a list of its conversions here.
-    try:
-        Image.new(mode, (1, 1)).convert("RGB")
-    except (ValueError, OSError):
-        return False
-    return True
 
 
 def _listing(items: list[tuple[str, str]], limit: int) -> str:
@@ -360,47 +289,8 @@ def hymenoptera(cache_dir: str, url: str = HYMENOPTERA_URL, sha256: str | None =
     cache = Path(cache_dir).expanduser()
     root = cache / "hymenoptera_data"
     if not (root / "train").is_dir():
-        archive = _download(url, cache, root)
-        _check_sha256(archive, sha256)
+        archive = download(url, cache, root)
+        check_sha256(archive, sha256)
         with zipfile.ZipFile(archive) as zipped:
             zipped.extractall(cache)
     return ImageFolderData(root, **kwargs)
-
-
-def _download(url: str, cache: Path, root: Path) -> Path:
-    archive = cache / Path(url).name
-    if archive.is_file() and zipfile.is_zipfile(archive):
-        return archive
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as partial:
-        try:
-            download_url(url, partial, filename=archive.name)
-        except (urllib.error.URLError, OSError) as error:
-            raise TLError(
-                f"could not download {url} ({error}); offline, unzip hymenoptera_data.zip so that "
-                f"{root}/train and {root}/val exist, or use data=image_folder data.root=PATH"
-            ) from error
-        # Moved into place only when complete, so an interrupted download is never mistaken for the data.
-        Path(partial, archive.name).replace(archive)
-    return archive
-
-
-def _check_sha256(archive: Path, expected: str | None) -> None:
-    digest = file_sha256(archive)
-    if expected is None:
-        log.info("%s has sha256 %s; set data.sha256 to that value to have it checked", archive, digest)
-    elif digest != expected.lower():
-        archive.unlink()
-        raise TLError(
-            f"{archive} has sha256 {digest}, expected {expected}; the download was removed, run again to retry"
-        )
-    if not zipfile.is_zipfile(archive):
-        archive.unlink()
-        raise TLError(f"{archive} is not a zip archive; the download was removed, run again to retry")
-
-
-def _seed_worker(worker_id: int) -> None:
-    # DataLoader seeds torch in each worker; numpy and random follow from it.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)

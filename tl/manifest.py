@@ -1,4 +1,5 @@
-"""What the set-up pass learned about each file under a data root, kept between runs, like git's index.
+"""What the set-up pass learned about each file under a data root, kept between runs, like git's index;
+and the dataset's fingerprint made from it.
 
 Contract:
 - A record per file: its size, mtime_ns, sha256 and check result (None, or why the file cannot be
@@ -33,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -203,3 +204,20 @@ def _record(entry: list) -> FileRecord:
     if problem is not None and not isinstance(problem, str):
         raise ValueError(f"not a record: {entry!r}")
     return FileRecord(size, mtime_ns, sha256, problem)
+
+
+@dataclass
+class DatasetFingerprint:
+    sha256: str
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    files: list[tuple[str, int, str]]  # (path relative to the root, bytes, sha256), sorted
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the root, reason), sorted
+
+    def changes_from(self, other_files: list[tuple[str, int, str]]) -> list[str]:
+        """What differs from another manifest: `+ added`, `- removed`, `~ changed` paths."""
+        ours = {path: digest for path, _, digest in self.files}
+        theirs = {path: digest for path, _, digest in other_files}
+        added = [f"+ {p}" for p in sorted(ours.keys() - theirs.keys())]
+        removed = [f"- {p}" for p in sorted(theirs.keys() - ours.keys())]
+        changed = [f"~ {p}" for p in sorted(ours.keys() & theirs.keys()) if ours[p] != theirs[p]]
+        return added + removed + changed

@@ -86,3 +86,11 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], contextli
     """A factory of autocast contexts for `precision` (a resolved one) on `device`; fp32: autocast off."""
     dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     return functools.partial(torch.autocast, device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def seed_worker(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: numpy and random seeded from the seed torch gave the worker."""
+    # DataLoader seeds torch in each worker; numpy and random follow from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

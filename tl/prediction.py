@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tl.data import eval_transform
-from tl.decoded_images import load_image
 from tl.errors import TLError
+from tl.images import load_image
 from tl.models import Preprocess
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,13 @@ PARENT_RUN_ENV = "TL_MLFLOW_PARENT_RUN_ID"
 SWEEP_KEYS_ENV = "TL_SWEEP_KEYS"
 ERROR_TAG = "tl.error"
 FAILED_JOB_TAG = "tl.failed_job."  # + the job's number, on a sweep's parent run
+# Artifacts and tags that rerun= and resume= read back (tl/reproduce.py).
+CONFIG_ARTIFACT = "config/config.yaml"
+CHOICES_ARTIFACT = "config/choices.yaml"
+MANIFEST_ARTIFACT = "provenance/dataset_manifest.json"
+RERUN_OF_TAG = "tl.rerun_of"
+OUTPUT_DIR_TAG = "tl.output_dir"
+NO_WEIGHTS = "none (random init)"
 LOCAL_STORE = "sqlite:///mlflow.db"  # tracking.fallback=local; also MLflow's default store
 # Run in a child process: the store this process will open (MLflow resolves `uri or its default` alike
 # in both, from the same environment and folder), created if it is new, under the store's lock.

@@ -30,23 +30,26 @@ from torch.utils.data import Dataset
 
 from tl import evaluation
 from tl.config import check_value
-from tl.data import DatasetFingerprint
 from tl.errors import TLError
 from tl.interrupts import uninterrupted
+from tl.manifest import DatasetFingerprint
 from tl.models import Preprocess, TransferModel
 from tl.provenance import CodeState
-from tl.runs import ERROR_TAG, csv_text, run_name, use_store
+from tl.reproduce import warn_of_changes
+from tl.runs import (
+    CHOICES_ARTIFACT,
+    CONFIG_ARTIFACT,
+    ERROR_TAG,
+    MANIFEST_ARTIFACT,
+    NO_WEIGHTS,
+    OUTPUT_DIR_TAG,
+    csv_text,
+    run_name,
+    use_store,
+)
 from tl.trainer import FitResult
 
 log = logging.getLogger(__name__)
-
-# Artifacts a rerun reads back.
-CONFIG_ARTIFACT = "config/config.yaml"
-CHOICES_ARTIFACT = "config/choices.yaml"
-MANIFEST_ARTIFACT = "provenance/dataset_manifest.json"
-RERUN_OF_TAG = "tl.rerun_of"
-OUTPUT_DIR_TAG = "tl.output_dir"
-NO_WEIGHTS = "none (random init)"
 
 
 def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
@@ -62,11 +65,6 @@ def flatten(config: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def _describe(commit: str | None, diff_sha256: str | None) -> str:
-    text = f"commit {commit or 'unknown'}"
-    return (text + f" with uncommitted changes (patch sha256 {diff_sha256[:12]})") if diff_sha256 else text
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -197,24 +195,7 @@ class MlflowTracker:
         self, original_run_id: str, code: CodeState, dataset: DatasetFingerprint, model: TransferModel
     ) -> list[str]:
         """For a rerun: tag the original, and warn when code, data or weights differ from it."""
-        mlflow.set_tag(RERUN_OF_TAG, original_run_id)
-        original = MlflowClient().get_run(original_run_id).data.tags
-        changes = []
-        then = (original.get("mlflow.source.git.commit"), original.get("tl.git_diff_sha256"))
-        if then != (code.commit, code.diff_sha256):
-            changes.append(f"code: {_describe(*then)} then, {_describe(code.commit, code.diff_sha256)} now")
-        if original.get("tl.dataset_sha256") != dataset.sha256:
-            recorded = mlflow.artifacts.load_dict(f"runs:/{original_run_id}/{MANIFEST_ARTIFACT}")
-            files = dataset.changes_from([tuple(f) for f in recorded["files"]])
-            shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
-            changes.append(f"dataset: {len(files)} file(s) differ: {shown}")
-        if original.get("tl.weights_sha256") != (model.weights_sha256 or NO_WEIGHTS):
-            changes.append(f"pretrained weights: {original.get('tl.weights')} then, {model.weights} now")
-        for change in changes:
-            log.warning("rerun of %s differs: %s", original_run_id, change)
-        if changes:
-            mlflow.set_tag("tl.rerun_differs", "; ".join(changes)[:5000])
-        return changes
+        return warn_of_changes(original_run_id, code, dataset, model)
 
     @uninterrupted()
     def log_result(

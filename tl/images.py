@@ -1,17 +1,27 @@
-"""Reading an image file at the size a model needs, and decoded images kept in memory that the
-DataLoader workers share, filled as the first epoch reads."""
+"""Image files: whether one can be read as RGB (the set-up pass's check), reading one at the size a
+model needs, and decoded images kept in memory that the DataLoader workers share."""
 
 from __future__ import annotations
 
+import io
 import logging
 import mmap
 import multiprocessing
+from functools import cache
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import PIL
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
 
 log = logging.getLogger(__name__)
+
+# Modes whose values go past 8 bits: converting them to RGB clips them, so the picture is lost.
+HIGH_BIT_DEPTH_MODES = {"I;16": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
+# What a manifest's check results depend on: records made with another are checked again.
+# Bump the number when `image_problem` changes what it returns.
+IMAGE_CHECK = f"image_problem 1, Pillow {PIL.__version__}"
 
 
 def load_image(path: str, min_side: int | None = None, interpolation: str = "bilinear") -> Image.Image:
@@ -119,3 +129,44 @@ class DecodedImages:
 def _read_as(min_side: int | None, interpolation: str) -> int:
     """`load_image`'s arguments as one integer, for the table."""
     return (min_side or 0) * 16 + pil_modes_mapping[InterpolationMode(interpolation)]
+
+
+def image_problem(source: Path | bytes) -> str | None:
+    """Why ImageFolder's loader could not give this file (or these contents of one) as an RGB image, or
+    None when it can. Decodes the whole image once, so truncated files are found too."""
+    try:
+        contents = source if isinstance(source, bytes) else source.read_bytes()
+        if not contents:
+            return "empty file"
+        with Image.open(io.BytesIO(contents)) as image:
+            problem = _mode_problem(image.mode)
+            if problem is None:
+                # A JPEG's pixels at 1/8 scale (Pillow's `draft`): every byte of the file is still decoded, so
+                # truncated or corrupt data is found alike, for about a third of the work of a full decode.
+                image.draft(None, (1, 1))
+                image.load()
+    except UnidentifiedImageError:
+        return "not an image"
+    except Exception as error:  # anything that fails here would fail in the loader, mid-training
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return "truncated" if "truncated" in text.lower() else f"cannot be decoded: {text}"
+    return problem
+
+
+def _mode_problem(mode: str) -> str | None:
+    depth = HIGH_BIT_DEPTH_MODES.get("I;16" if mode.startswith("I;16") else mode)  # I;16, I;16B, I;16L, I;16N
+    if depth:
+        return f"{depth} image (mode {mode}): save it as 8-bit RGB"
+    if not _converts_to_rgb(mode):
+        return f"mode {mode} cannot be converted to RGB: save it as 8-bit RGB"
+    return None
+
+
+@cache
+def _converts_to_rgb(mode: str) -> bool:
+    # Pillow is asked, with a one-pixel image, rather than keeping a list of its conversions here.
+    try:
+        Image.new(mode, (1, 1)).convert("RGB")
+    except (ValueError, OSError):
+        return False
+    return True
