@@ -12,6 +12,7 @@ from tl.data import ImageFolderData
 from tl.models import TransferModel
 from tl.schedulers import Schedule
 from tl.tracking import MlflowTracker
+from tl.trainer import Trainer
 
 # Every config group in conf/, found there: a new group or option is tested without editing this file.
 # hparams_search configures Hydra's sweeper, not a part of the run (tests/test_cli.py runs it).
@@ -75,6 +76,7 @@ def test_option_composes_and_instantiates(tmp_path, group, option):
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=3)
     assert isinstance(schedule, Schedule)
     assert isinstance(instantiate(cfg.tracking), MlflowTracker)
+    assert isinstance(instantiate(cfg.trainer), Trainer)
 
 
 def test_top_level_lr_reaches_the_optimizer():
