@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
 from tl.data import FASHION_SAMPLE_ROOT  # noqa: E402
 from tl.models import efficientnet_lite0_imagenet  # noqa: E402
+from tl.numerics import native_bf16_cpu  # noqa: E402
 from tl.provenance import cpu_features, cpu_model  # noqa: E402
 
 SIZES = {  # epochs, image size
@@ -196,7 +197,7 @@ def fast_precision(device: str) -> str:
     """bf16 on a CPU that computes it natively (AVX512-BF16 or AMX), else fp32; on a GPU tl's automatic choice."""
     if device != "cpu":
         return "auto"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32"
+    return "bf16" if native_bf16_cpu() else "32"  # the rule tl's `auto` applies to the feature pass
 
 
 def timed(command: list[str], log: Path) -> tuple[float, float]:
