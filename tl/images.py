@@ -107,14 +107,16 @@ class DecodedImages:
     def _store(self, slot: int, image: Image.Image, read_as: int) -> None:
         pixels = image.tobytes()
         with self._lock:
-            offset, full, stored_width = int(self._table[-1, 0]), int(self._table[-1, 1]), int(self._table[slot, 1])
-            fits = not stored_width and offset + len(pixels) <= min(self.max_bytes, len(self._pixels))
+            if self._table[slot, 1]:  # it holds the image as read for another use, and is never rewritten
+                return
+            offset, full = self._table[-1, :2].tolist()
+            fits = offset + len(pixels) <= min(self.max_bytes, len(self._pixels))
             if fits:
                 self._table[-1, 0] = offset + len(pixels)  # the space is this process's from here on
-            elif not stored_width:
+            else:
                 self._table[-1, 1] = 1
         if not fits:
-            if not full and not stored_width:
+            if not full:
                 log.info(
                     "%d images (%.0f MiB) kept in memory; the others are decoded every time they are read",
                     len(self),
