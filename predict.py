@@ -23,6 +23,7 @@ log = logging.getLogger("tl")
 
 
 def run(cfg: DictConfig) -> float | None:
+    """Predict every image of `cfg.input` with `cfg.model_uri`, write the CSV; the accuracy if labelled."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tl has its own progress bar
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
@@ -45,6 +46,7 @@ def run(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
+    """`python predict.py model_uri=URI input=PATH`: see `run`."""
     return run(cfg)
 
 

@@ -18,91 +18,50 @@ from typing import TYPE_CHECKING
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tl.cli import exit_without_teardown
 from tl.config import check_config
-from tl.errors import Interrupted, one_line_errors
+from tl.errors import one_line_errors
 from tl.runs import create_store_in_background
 
 if TYPE_CHECKING:
     from tl.distributed import Processes
 
+ROOT = Path(__file__).parent  # the project: its git state is recorded with every run
+# HEAVY: train() imports torch, timm and MLflow itself (seconds), once main has checked the config:
+# `--help`, `--cfg job` or a mistake in the config should not wait for them.
+
 
 def train(cfg: DictConfig, processes: Processes) -> float:
-    # Imported here, once main has checked the config: torch, timm and MLflow take seconds to import,
-    # and `--help`, `--cfg job` or a mistake in the config should not wait for them.
-    from tl import checkpoints, features
-    from tl.distributed import OtherRank
-    from tl.numerics import seed_everything
-    from tl.provenance import code_state, environment
-    from tl.reproduce import recorded_config, recorded_output_dir
+    """One run, step by step: the config in effect, the parts built from it, the fit, the results logged."""
+    from tl import distributed, numerics, provenance, reproduce  # after main's checks: see HEAVY above
 
     logging.getLogger("tl").info("starting: config checked, libraries loaded")  # benchmarks/overhead.py reads it
-    hydra_cfg = HydraConfig.get()
-    overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
-    checkpoint_path, resumed = Path(hydra_cfg.runtime.output_dir, checkpoints.LAST), None
-    if cfg.resume:  # the run as it started, continued after its last finished epoch
-        checkpoint_path = checkpoints.locate(cfg, lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri))
-        resumed = checkpoints.load(checkpoint_path)
-        cfg, choices = checkpoints.resumed_config(cfg.resume, overrides, resumed)
-    elif cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
-        cfg, choices = recorded_config(cfg, overrides)
-    check_config(cfg)  # the config in effect: for rerun= and resume=, the recorded one
+    run = reproduce.effective_run(cfg, HydraConfig.get())  # this command's, or rerun='s or resume='s recorded one
+    cfg = run.config
+    check_config(cfg)
     trainer = instantiate(cfg.trainer, processes=processes)  # first: its settings are checked before any work
-    # Each process draws its own augmentations; DDP starts every process from rank 0's weights.
-    seed_everything(cfg.seed + processes.rank)
+    numerics.seed_everything(cfg.seed + processes.rank)  # each process draws its own augmentations
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
-    train_loader, val_loader = data.loaders(
-        model.preprocess, seed=cfg.seed, processes=processes, pin_memory=trainer.device.type == "cuda"
-    )
+    train_loader, val_loader = data.loaders(model.preprocess, cfg.seed, processes, pin_memory=trainer.pin_memory)
     strategy = instantiate(cfg.strategy)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
-    code, dataset = code_state(Path(__file__).parent), data.fingerprint()
-    machine = environment(trainer.device, trainer.precision, processes.world_size, trainer.inference_precision)
-    trained, fit_train, fit_val = model, train_loader, val_loader  # what the epoch loop sees
-    if getattr(strategy, "cache_features", False) and not processes.distributed:
-        trained = features.head_only(model)
-        fit_train, fit_val = features.cached_loaders(
-            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, trainer,
-            strategy.cache_dir, dataset.sha256,
-        )  # fmt: skip
-
-    run_id = resumed["run_id"] if resumed else None
-    tracking = instantiate(cfg.tracking, overrides=overrides, run_id=run_id) if processes.is_main else OtherRank()
-    try:
-        with tracking as tracker:
-            if resumed:
-                tracker.log_missing_epochs(resumed["history"])
-            else:
-                tracker.log_config(cfg, choices, hydra_cfg)
-                tracker.log_provenance(code, machine, dataset, model)
-            if cfg.rerun:
-                tracker.warn_if_changed(cfg.rerun, code, dataset, model)
-            about = {"run_id": tracker.run_id, "config": OmegaConf.to_yaml(cfg), "choices": choices}
-            checkpoint = checkpoints.Checkpoint(checkpoint_path, about)
-            result = trainer.fit(
-                trained, strategy, optimizer, schedule, fit_train, fit_val, tracker, checkpoint, resumed
-            )
-            tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
-    except KeyboardInterrupt as interrupt:
-        if not processes.is_main:
-            raise  # rank 0 says how to resume
-        if not checkpoint_path.is_file():
-            raise Interrupted("interrupted before the first epoch finished; there is nothing to resume") from interrupt
-        raise Interrupted(
-            f"interrupted; the last finished epoch is saved: continue with `python run.py resume={checkpoint_path}`"
-        ) from interrupt
-    if processes.is_main:  # the process that wrote it; the run is complete and logged
-        checkpoint.remove()
-    return result.best_val_acc
+    trained, fit_train, fit_val = strategy.fit_inputs(model, data, train_loader, val_loader, trainer)
+    tracking = distributed.main_only(processes, run.tracker)  # only rank 0 logs
+    with tracking as tracker, run.checkpoint(tracker.run_id, writer=processes.is_main) as checkpoint:
+        tracker.log_start(run, provenance.code_state(ROOT), trainer.environment(), data.fingerprint(), model)
+        result = trainer.fit(trained, strategy, optimizer, schedule, fit_train, fit_val, tracker, checkpoint=checkpoint)
+        tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
+    return result.best_value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
+    """`python run.py [key=value ...]`: check the config at once, start the processes, train."""
     check_config(cfg)  # before anything heavy is imported: a mistake is answered at once
     if os.environ.get("RANK", "0") == "0":  # the process that logs (under torchrun, rank 0)
         create_store_in_background(cfg.tracking.uri)  # a new MLflow store, while torch loads

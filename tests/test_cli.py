@@ -129,6 +129,29 @@ def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folde
     assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), evaluation.plot_sweep(rows))
 
 
+def test_monitor_val_loss_picks_the_epoch_and_the_sweep_job_of_lowest_validation_loss(
+    tmp_path, image_folder, mlflow_uri
+):
+    sweep = ["-m", "lr=1e-3,3e-2", "epochs=3", "strategy=frozen", "monitor=val_loss", "mode=min"]
+    result = run_cli(*sweep, *tiny(image_folder), cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = next(r for r in runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs(mlflow_uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+    for child in children:  # each run keeps the epoch of lowest validation loss
+        losses = metric_histories(child.info.run_id, ("val_loss",))["val_loss"]
+        assert len(losses) == 3 and child.data.metrics["best_val_loss"] == min(losses)
+        assert child.data.metrics["best_epoch"] == losses.index(min(losses)) + 1
+    best = next(c for c in children if c.info.run_id == parent.data.tags["tl.best_child_run_id"])
+    assert best.data.metrics["best_val_loss"] == min(c.data.metrics["best_val_loss"] for c in children)
+    assert parent.data.tags["tl.best_by"] == "val_loss (min)"
+    assert parent.data.metrics["best_val_loss"] == best.data.metrics["best_val_loss"]
+    summary = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep/summary.csv").splitlines()
+    assert summary[0].startswith("run_name,run_id,status,best_val_loss,best_val_acc,seconds")
+    assert summary[1].split(",")[1] == best.info.run_id  # best first
+    assert "best val_loss" in result.stderr and "run " in result.stderr
+
+
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 

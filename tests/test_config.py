@@ -11,6 +11,7 @@ from tests.helpers import CONF_DIR, ROOT, compose_config, make_image_folder
 from tl.data import ImageFolderData
 from tl.models import TransferModel
 from tl.schedulers import Schedule
+from tl.strategies import Strategy
 from tl.tracking import MlflowTracker
 from tl.trainer import Trainer
 
@@ -71,6 +72,7 @@ def test_option_composes_and_instantiates(tmp_path, group, option):
     assert isinstance(model, TransferModel)
     assert model.network(torch.randn(2, 3, 64, 64)).shape == (2, len(data.classes))
     strategy = instantiate(cfg.strategy)
+    assert isinstance(strategy, Strategy)  # the contract a new strategy implements (tl/strategies.py)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     assert isinstance(optimizer, torch.optim.Optimizer)
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=3)
@@ -94,6 +96,15 @@ def test_tutorial_presets_carry_the_tutorials_exact_recipe(strategy):
     assert (cfg.scheduler._target_, cfg.scheduler.step_size, cfg.scheduler.gamma) == ("tl.schedulers.step", 7, 0.1)
     assert (cfg.batch_size, cfg.epochs, cfg.data.batch_size) == (4, 25, 4)
     assert cfg.data._target_ == "tl.data.hymenoptera" and cfg.data.image_size is None
+
+
+@pytest.mark.parametrize(("overrides", "direction"), [([], "maximize"), (["monitor=val_loss"], "minimize"),
+                                                      (["monitor=val_loss", "mode=max"], "maximize")])  # fmt: skip
+def test_optunas_direction_follows_monitor_and_mode(overrides, direction):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=optuna", *overrides], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction
+    assert (cfg.hydra.callbacks.mlflow_sweep.monitor, cfg.trainer.monitor) == (cfg.monitor, cfg.monitor)
 
 
 def test_launcher_configs_compose_without_their_clusters():

@@ -1,4 +1,5 @@
 import pytest
+from omegaconf import OmegaConf
 
 from tests.helpers import compose_config
 from tl.config import check_config
@@ -26,6 +27,8 @@ from tl.tracking import MlflowTracker
             "data.on_bad_image='bogus' is not allowed: data.on_bad_image must be skip or error",
         ),
         ("tracking.fallback=x", "tracking.fallback='x' is not allowed: tracking.fallback must be null or local"),
+        ("monitor=accuracy", "monitor='accuracy' is not allowed: monitor must be a metric tl logs each epoch: "),
+        ("mode=maximize", "mode='maximize' is not allowed: mode must be auto, max, min"),
     ],
 )
 def test_impossible_values_are_one_line_naming_key_value_and_rule(override, message):
@@ -38,6 +41,12 @@ def test_the_defaults_pass():
     check_config(compose_config())
     check_config(compose_config(["device=cuda:1", "lr=1e-2", "epochs=25", "batch_size=4"]))
     check_config(compose_config(["trainer.precision=32", "data.on_bad_image=error", "tracking.fallback=local"]))
+
+
+def test_a_recorded_config_from_before_monitor_existed_passes():
+    recorded = OmegaConf.to_container(compose_config())
+    del recorded["monitor"], recorded["mode"]  # what rerun= reads from a run that an earlier tl logged
+    check_config(OmegaConf.create(recorded))
 
 
 def test_rerun_and_resume_together_are_refused():

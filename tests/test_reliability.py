@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_no_traceback_nothing_half_written_no_run_left_run
     saved = list(cwd.rglob("checkpoints/*"))
     if name in STOPS_AFTER_TRAINING_STARTED:  # one run, ended FAILED; its checkpoint whole and loadable
         assert [run.info.status for run in started] == ["FAILED"]
-        assert len(saved) == 1 and checkpoints.load(saved[0])["epochs_done"] >= 1
+        assert len(saved) == 1 and checkpoints.load(saved[0]).epochs_done >= 1
     else:  # stopped before any work: no MLflow run was begun, no checkpoint written
         assert started == [] and saved == []
 
@@ -154,7 +154,7 @@ def test_killed_then_interrupted_then_resumed_ends_exactly_as_an_uninterrupted_r
     process.wait()
     (run,) = runs(mlflow_uri)
     assert run.info.status == "RUNNING"  # nothing could end it
-    killed_after = checkpoints.load(checkpoint)["epochs_done"]
+    killed_after = checkpoints.load(checkpoint).epochs_done
     assert 1 <= killed_after < epochs
 
     saved = (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns)
@@ -170,7 +170,7 @@ def test_killed_then_interrupted_then_resumed_ends_exactly_as_an_uninterrupted_r
     assert len(errors) == 1 and f"resume={checkpoint}" in errors[0], stderr[-2000:]
     (run,) = runs(mlflow_uri)
     assert run.info.status == "KILLED"
-    interrupted_after = checkpoints.load(checkpoint)["epochs_done"]
+    interrupted_after = checkpoints.load(checkpoint).epochs_done
     assert killed_after < interrupted_after < epochs
 
     resumed = run_cli(f"resume={run.info.run_id}", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)

@@ -59,9 +59,19 @@ def test_showing_the_config_and_hydras_own_errors_import_nothing_heavy(tmp_path,
         ("lr=-1", "error: lr=-1 is not allowed: lr must be a number > 0, e.g. lr=1e-3"),
         ("trainer.precision=fp8", "error: trainer.precision='fp8' is not allowed: trainer.precision must be one of"),
         ("data.on_bad_image=bogus", "error: data.on_bad_image='bogus' is not allowed"),
+        ("monitor=val_f2", "error: monitor='val_f2' is not allowed: monitor must be a metric tl logs each epoch: "),
+        ("mode=up", "error: mode='up' is not allowed: mode must be auto, max, min"),
     ],
 )
 def test_a_rejected_value_is_one_line_before_anything_heavy_is_imported(tmp_path, override, message):
     status, _, stderr, heavy = run_py(tmp_path, override)
     assert status == 1 and heavy == "heavy: []"
     assert len(stderr) == 1 and message in stderr[0], stderr
+
+
+@pytest.mark.parametrize("search", [["lr=1e-3,1e-2"], ["hparams_search=optuna"]])
+def test_a_sweep_with_an_unknown_monitor_stops_in_one_line_before_any_job_or_parent_run(tmp_path, search):
+    status, _, stderr, heavy = run_py(tmp_path, "-m", *search, "monitor=val_f2")
+    assert status == 1 and heavy == "heavy: []"
+    assert len(stderr) == 1 and "error: monitor='val_f2' is not allowed" in stderr[0], stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()

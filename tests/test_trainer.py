@@ -49,15 +49,13 @@ class Recorder:
         self.states.append(copy.deepcopy(self.network.state_dict()))
 
 
-def fit(model, epochs=4, lr=0.5, schedule=step, fill=None, precision="32", checkpoint=None, resume_from=None):
+def fit(model, epochs=4, lr=0.5, schedule=step, fill=None, precision="32", checkpoint=None, **trainer_options):
     optimizer = torch.optim.SGD(Finetune().param_groups(model, lr), lr=lr, momentum=0.9)
     train, val = loaders(fill=fill)
     recorder = Recorder(model.network)
-    trainer = Trainer(epochs=epochs, device="cpu", precision=precision, progress=False)
-    result = trainer.fit(
-        model, Finetune(), optimizer, schedule(optimizer, epochs, len(train)), train, val, recorder,
-        checkpoint, resume_from,
-    )  # fmt: skip
+    trainer = Trainer(epochs=epochs, device="cpu", precision=precision, progress=False, **trainer_options)
+    schedule = schedule(optimizer, epochs, len(train))
+    result = trainer.fit(model, Finetune(), optimizer, schedule, train, val, recorder, checkpoint=checkpoint)
     return result, recorder, optimizer
 
 
@@ -69,10 +67,24 @@ def test_fit_logs_every_epoch_and_restores_the_best_validation_weights():
     assert all(expected_keys <= row.keys() for _, row in recorder.rows)
     val_accs = [row["val_acc"] for _, row in recorder.rows]
     best = val_accs.index(max(val_accs))
-    assert result.best_val_acc == max(val_accs) and result.best_epoch == best + 1
+    assert result.best_value == result.best["val_acc"] == max(val_accs) and result.best_epoch == best + 1
     restored = model.network.state_dict()
     assert all(torch.equal(restored[k], recorder.states[best][k]) for k in restored)
     assert not model.network.training
+
+
+CHOICES = [("val_loss", "min", min), ("val_loss", "auto", min), ("val_loss", "max", max), ("train_acc", "auto", max)]
+
+
+@pytest.mark.parametrize(("monitor", "mode", "pick"), CHOICES)
+def test_monitor_and_mode_pick_the_best_epoch_and_its_weights_are_restored(monitor, mode, pick):
+    model = tiny_model()
+    result, recorder, _ = fit(model, epochs=4, monitor=monitor, mode=mode)
+    values = [row[monitor] for _, row in recorder.rows]
+    best = values.index(pick(values))
+    assert (result.best_epoch, result.best_value, result.best) == (best + 1, values[best], recorder.rows[best][1])
+    restored = model.network.state_dict()
+    assert all(torch.equal(restored[k], recorder.states[best][k]) for k in restored)
 
 
 def test_step_schedule_changes_lr_per_epoch_and_onecycle_per_batch():
@@ -112,7 +124,7 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(
     class CrashAfter(Checkpoint):  # the process dies right after epoch 2's checkpoint
         def save(self, state):
             super().save(state)
-            if state["epochs_done"] == 2:
+            if state.epochs_done == 2:
                 raise Crash
 
     torch.manual_seed(1)
@@ -120,13 +132,14 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(
         fit(tiny_model(), epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2),
             checkpoint=CrashAfter(tmp_path / "last.pt", {"run_id": "abc", "config": ""}))  # fmt: skip
     state = checkpoints.load(tmp_path / "last.pt")  # weights_only=True
-    assert state["epochs_done"] == 2 and state["run_id"] == "abc"
+    assert state.epochs_done == 2 and state.run_id == "abc"
     torch.manual_seed(99)  # a fresh process: different RNG state and a new head until the state is restored
     model = tiny_model()
-    resumed, rest, _ = fit(model, epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2), resume_from=state)
+    resumed, rest, _ = fit(model, epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2),
+                           checkpoint=Checkpoint(tmp_path / "next.pt", resume_from=state))  # fmt: skip
     assert without_timings(rest.rows) == without_timings(straight.rows)[2:]
     assert without_timings(enumerate(resumed.history)) == without_timings(enumerate(uninterrupted.history))
-    assert (resumed.best_val_acc, resumed.best_epoch) == (uninterrupted.best_val_acc, uninterrupted.best_epoch)
+    assert (resumed.best_value, resumed.best_epoch) == (uninterrupted.best_value, uninterrupted.best_epoch)
     assert torch.equal(resumed.best_predictions.logits, uninterrupted.best_predictions.logits)
 
 
@@ -143,13 +156,13 @@ def test_a_checkpoint_holds_the_last_and_the_best_weights_and_writes_them_once_w
     # on any CPU, and both kinds of epoch occur.
     checkpoint = Keep(tmp_path / "last.pt", {"run_id": "abc", "config": ""})
     _, recorder, _ = fit(model, epochs=4, fill=0.0, checkpoint=checkpoint)
-    improving = {state["epochs_done"] for state in saved if state["best"]["epoch"] == state["epochs_done"]}
+    improving = {state.epochs_done for state in saved if state.best_epoch == state.epochs_done}
     assert improving == {1}
     for state, logged in zip(saved, recorder.states, strict=True):
-        last, best = state["network"], state["best"]["network"]
+        last, best = state.network, state.best_network
         assert all(torch.equal(last[k], logged[k]) for k in logged)  # the weights at the end of that epoch
         same_storage = last["0.weight"].untyped_storage().data_ptr() == best["0.weight"].untyped_storage().data_ptr()
-        assert same_storage == (state["epochs_done"] in improving)
+        assert same_storage == (state.epochs_done in improving)
 
 
 def test_bf16_autocast_trains_and_stays_finite():

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tl import metrics
 from tl.errors import TLError
 
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
@@ -38,12 +39,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "auto, cpu, mps, cuda or cuda:N",
     ),
     "sweep_on_failure": (lambda v: v in ("continue", "stop"), "continue or stop"),
+    "monitor": (lambda v: v in metrics.DIRECTIONS, f"a metric tl logs each epoch: {', '.join(metrics.DIRECTIONS)}"),
+    "mode": (lambda v: v in metrics.MODES, ", ".join(metrics.MODES)),
     # Nested keys: checked where the composed config has them (an option may leave one out).
     "trainer.precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "data.on_bad_image": (lambda v: v in BAD_IMAGE_POLICIES, " or ".join(BAD_IMAGE_POLICIES)),
     "tracking.fallback": (lambda v: v in (None, "local"), "null or local"),
 }
 _ABSENT = object()
+# Top-level keys that configs recorded by earlier versions of tl lack (rerun=, resume=): their defaults apply.
+ADDED_LATER = ("monitor", "mode")
+
+# For conf/hparams_search/optuna.yaml: Optuna's direction follows `monitor` and `mode`.
+OmegaConf.register_new_resolver("tl.optuna_direction", metrics.optuna_direction, replace=True)
 
 
 def check_value(key: str, value: Any) -> None:
@@ -57,7 +65,7 @@ def check_config(cfg: DictConfig) -> None:
     """Every rule above, for the first bad key; also rerun= with resume=, which contradict each other."""
     for key in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is _ABSENT and "." in key:
+        if value is _ABSENT and ("." in key or key in ADDED_LATER):
             continue  # an option may leave a nested key out: its class's default applies
         check_value(key, None if value is _ABSENT else value)  # a missing top-level key is reported as None
     if cfg.get("rerun") and cfg.get("resume"):

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import zipfile
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from tl.images import IMAGE_CHECK, DecodedImages, image_problem, load_image
 from tl.manifest import DatasetFingerprint, FileRecord, Manifest
 from tl.models import Preprocess
 from tl.numerics import seed_worker
+from tl.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,8 @@ class ImageFolderData:
         record = self._records.get(self._relative(path))
         return record is not None and record.problem is None
 
-    def fingerprint(self) -> DatasetFingerprint:
-        """A digest of every image the loaders read (relative path, size, content), class counts,
-        and the unreadable images left out; from what the set-up pass found, so no file is read."""
+    @cached_property
+    def _fingerprint(self) -> DatasetFingerprint:
         files, counts = [], {}
         for split, samples in self._samples.items():
             counts[split] = {name: 0 for name in self.classes}
@@ -157,6 +157,11 @@ class ImageFolderData:
         digest = hashlib.sha256("".join(f"{p}\t{s}\t{h}\n" for p, s, h in files).encode()).hexdigest()
         return DatasetFingerprint(digest, counts, files, list(self.bad_images))
 
+    def fingerprint(self) -> DatasetFingerprint:
+        """A digest of every image the loaders read (relative path, size, content), class counts,
+        and the unreadable images left out; from what the set-up pass found, so no file is read."""
+        return self._fingerprint
+
     def preprocess(self, model_preprocess: Preprocess) -> Preprocess:
         """The model's preprocessing at this dataset's image size (when it sets one)."""
         return model_preprocess.at_size(self.image_size)
@@ -164,16 +169,7 @@ class ImageFolderData:
     def transforms(self, model_preprocess: Preprocess) -> tuple[v2.Compose, v2.Compose]:
         """Train (random resized crop + flip, as in the tutorial) and eval (resize + centre crop)."""
         pre = self.preprocess(model_preprocess)
-        train = v2.Compose(
-            [
-                v2.RandomResizedCrop(
-                    pre.input_size, scale=self.train_crop_scale, interpolation=v2.InterpolationMode(pre.interpolation)
-                ),
-                v2.RandomHorizontalFlip(),
-                *_to_normalised_tensor(pre),
-            ]
-        )
-        return train, eval_transform(pre)
+        return train_transform(pre, self.train_crop_scale), eval_transform(pre)
 
     def train_views(self, model_preprocess: Preprocess) -> datasets.ImageFolder:
         """The training images in their validation view (no augmentation): what a feature cache holds."""
@@ -258,34 +254,23 @@ def _listing(items: list[tuple[str, str]], limit: int) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def eval_transform(preprocess: Preprocess) -> v2.Compose:
-    """Resize and centre crop as the weights expect: for validation and for prediction."""
-    interpolation = v2.InterpolationMode(preprocess.interpolation)
-    return v2.Compose(
-        [
-            v2.Resize(preprocess.resize_size, interpolation=interpolation),
-            v2.CenterCrop(preprocess.input_size),
-            *_to_normalised_tensor(preprocess),
-        ]
-    )
-
-
-def _to_normalised_tensor(preprocess: Preprocess) -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess.mean, preprocess.std)]
-
-
 def image_folder(root: str, **kwargs) -> ImageFolderData:
     """Any folder in the tutorial's layout: root/{train,val}/<class>/<image>."""
     return ImageFolderData(root, **kwargs)
 
 
-def fashion_sample(**kwargs) -> ImageFolderData:
-    """1,400 Fashion-MNIST images shipped with tl (10 classes): the offline default."""
-    return ImageFolderData(FASHION_SAMPLE_ROOT, **kwargs)
+def fashion_sample(root: str | None = None, **kwargs) -> ImageFolderData:
+    """1,400 Fashion-MNIST images shipped with tl (10 classes): the offline default (`root` None)."""
+    return ImageFolderData(root or FASHION_SAMPLE_ROOT, **kwargs)
 
 
-def hymenoptera(cache_dir: str, url: str = HYMENOPTERA_URL, sha256: str | None = None, **kwargs) -> ImageFolderData:
-    """The tutorial's ants-vs-bees data: downloaded and unpacked into `cache_dir` once."""
+def hymenoptera(
+    cache_dir: str, root: str | None = None, url: str = HYMENOPTERA_URL, sha256: str | None = None, **kwargs
+) -> ImageFolderData:
+    """The tutorial's ants-vs-bees data: downloaded and unpacked into `cache_dir` once (`root` None),
+    or read from `root`, a folder that already holds it unpacked."""
+    if root is not None:
+        return ImageFolderData(root, **kwargs)
     cache = Path(cache_dir).expanduser()
     root = cache / "hymenoptera_data"
     if not (root / "train").is_dir():

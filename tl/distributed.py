@@ -8,12 +8,15 @@ only rank 0 talks to MLflow and writes checkpoints. Without torchrun this is one
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from tl.errors import TLError
+
+T = TypeVar("T")
 
 
 class Processes:
@@ -25,10 +28,12 @@ class Processes:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that logs, writes checkpoints and reports progress."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether this training runs over several processes (torchrun)."""
         return self.world_size > 1
 
     def per_process_batch(self, batch_size: int) -> int:
@@ -65,6 +70,7 @@ def start(device: str) -> Processes:
 
 
 def stop(processes: Processes) -> None:
+    """Leave the process group (under torchrun), so that every process exits cleanly."""
     if processes.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -82,3 +88,8 @@ class OtherRank:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+def main_only(processes: Processes, build: Callable[[], T]) -> T | OtherRank:
+    """`build()` on rank 0; on every other process a stand-in that does nothing (only rank 0 logs)."""
+    return build() if processes.is_main else OtherRank()

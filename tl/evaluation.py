@@ -19,15 +19,19 @@ from tl.models import Preprocess
 
 @dataclass
 class Predictions:
+    """A model's outputs on a labelled set: what every metric and every evaluation figure is computed from."""
+
     logits: torch.Tensor  # (N, classes)
     labels: torch.Tensor  # (N,)
 
     @property
     def predicted(self) -> torch.Tensor:
+        """The top class of each image."""
         return self.logits.argmax(1)
 
     @property
     def probabilities(self) -> torch.Tensor:
+        """Softmax over the classes, per image."""
         return self.logits.softmax(1)
 
 
@@ -58,6 +62,7 @@ def per_class_report(matrix: np.ndarray, classes: list[str]) -> tuple[list[dict]
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: list[str]) -> Figure:
+    """The confusion matrix as a heat map with counts: true class down, predicted across."""
     size = max(5.0, 0.6 * len(classes) + 2)
     figure = Figure(figsize=(size, size))
     axes = figure.subplots()
@@ -75,6 +80,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str]) -> Figure:
 
 
 def plot_curves(history: list[dict[str, float]]) -> Figure:
+    """Loss and accuracy per epoch, train and validation."""
     epochs = range(1, len(history) + 1)
     figure = Figure(figsize=(10, 4))
     loss_axes, acc_axes = figure.subplots(1, 2)
@@ -96,7 +102,8 @@ def plot_worst_misclassified(
     """The validation images the model got wrong with the highest confidence, tiled into one picture.
 
     One axes holding one image, the tiles' captions as text on it, drawn at about 200 px a tile:
-    sixteen axes with a tight layout at 300 px a tile took ~0.7 s of every run's end to draw and save."""
+    sixteen axes with a tight layout at 300 px a tile were a large share of a run's wrap-up
+    (benchmarks/overhead.py times it)."""
     wrong = (predictions.predicted != predictions.labels).nonzero().flatten()
     confidence = predictions.probabilities.max(1).values[wrong]
     worst = wrong[confidence.argsort(descending=True)][:count].tolist()
@@ -127,16 +134,18 @@ def plot_worst_misclassified(
     return figure
 
 
-def plot_sweep(rows: list[dict]) -> Figure:
-    """Best validation accuracy of each job of a sweep, best first."""
+def plot_sweep(rows: list[dict], metric: str = "best_val_acc") -> Figure:
+    """`metric` (a column of `rows`) for each job of a sweep, in the rows' order (best first)."""
     figure = Figure(figsize=(8, 1.5 + 0.4 * len(rows)))
     axes = figure.subplots()
     names = [row["run_name"] if len(row["run_name"]) <= 48 else row["run_name"][:45] + "..." for row in rows][::-1]
-    values = [row["best_val_acc"] if row["best_val_acc"] is not None else 0.0 for row in rows][::-1]
+    values = [row[metric] if row[metric] is not None else 0.0 for row in rows][::-1]
     bars = axes.barh(names, values, color=["tab:green" if row["best"] else "tab:blue" for row in rows][::-1])
     axes.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3)
-    axes.set_xlim(0, 1.1)
-    axes.set_xlabel("best val acc")
-    axes.set_title("sweep: best validation accuracy per job")
+    is_fraction = all(0 <= v <= 1 for v in values)  # accuracies: the whole 0..1 scale
+    axes.set_xlim(0, 1.1 if is_fraction else 1.15 * max(values, default=1.0) or 1.0)
+    label = metric.replace("_", " ")
+    axes.set_xlabel(label)
+    axes.set_title(f"sweep: {label} per job")
     figure.tight_layout()
     return figure

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from tl.checkpoints import Checkpoint
+from tl.checkpoints import atomic_save
 from tl.models import TransferModel
 from tl.provenance import state_dict_sha256
 
@@ -58,10 +58,9 @@ def _parent_of(network: nn.Module, head: nn.Module) -> tuple[nn.Module, str]:
 
 def extract_batch_size(device: torch.device, image_pixels: int) -> int:
     """Inference only, so the fastest batch size, not training's. On a CPU, the batch whose activations
-    still fit the caches: larger ones are slower per image (2-core Xeon, 224 px, ms per image at batch
-    8 / 64: ResNet-18 29 / 40, EfficientNet-Lite0 23 / 49, fp32), so 8 images at 224 px and as many
-    more as fit at a smaller size (112 px: 32; ResNet-18 bf16 on a 2-core AMD EPYC at 112 px, batch
-    8 / 32: 2.7 / 2.3 ms per image). A GPU wants them large."""
+    still fit the caches: larger ones are slower per image, so 8 images at 224 px and as many more as
+    fit at a smaller size (32 at 112 px); measured by benchmarks/overhead.py's feature phase. A GPU
+    wants them large."""
     if device.type != "cpu":
         return 64
     return max(1, min(64, round(8 * 224 * 224 / image_pixels)))
@@ -161,7 +160,7 @@ def cached_loaders(
         size = train.tensors[0].shape[1]
         log.info("cached %d train and %d val feature vectors of size %d", len(train), len(val), size)
         if path is not None:
-            Checkpoint(path).save({"train": list(train.tensors), "val": list(val.tensors)})  # atomic
+            atomic_save({"train": list(train.tensors), "val": list(val.tensors)}, path)
     return (
         DataLoader(train, batch_size=train_loader.batch_size, shuffle=True, generator=train_loader.generator,
                    drop_last=train_loader.drop_last),

@@ -93,6 +93,7 @@ class DecodedImages:
 
     @property
     def full(self) -> bool:
+        """Whether the memory budget is spent: no further image is stored."""
         with self._lock:
             return bool(self._table[-1, 1])
 

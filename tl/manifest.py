@@ -54,6 +54,8 @@ Check = Callable[[bytes], str | None]  # a file's contents -> None, or why the f
 
 @dataclass(frozen=True)
 class FileRecord:
+    """What the set-up pass learned about one image file, valid while its size and mtime are unchanged."""
+
     size: int
     mtime_ns: int
     sha256: str
@@ -208,6 +210,8 @@ def _record(entry: list) -> FileRecord:
 
 @dataclass
 class DatasetFingerprint:
+    """What a run's data was: one digest over every image read, class counts, the files and those skipped."""
+
     sha256: str
     counts: dict[str, dict[str, int]]  # split -> class -> images
     files: list[tuple[str, int, str]]  # (path relative to the root, bytes, sha256), sorted

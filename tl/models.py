@@ -18,7 +18,7 @@ from torch import nn
 from tl.errors import TLError
 from tl.provenance import file_sha256, state_dict_sha256
 
-# timm is imported by the functions that use it: 0.3 s of start-up that torchvision models need not pay.
+# timm is imported by the functions that use it: start-up that torchvision models need not pay.
 
 RANDOM_INIT = "random init"
 OFFLINE_CHOICES = "model=efficientnet_lite0 (ships its weights), model.weights=PATH, or model.pretrained=false"
@@ -54,6 +54,7 @@ class TransferModel:
     weights_sha256: str | None = None  # of the pretrained tensors (before the head was replaced)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the network that is not the head's."""
         head_ids = {id(p) for p in self.head.parameters()}
         return [p for p in self.network.parameters() if id(p) not in head_ids]
 

@@ -65,8 +65,9 @@ def resolve_precision(precision: str, device: torch.device, gradients: bool = Tr
     """`auto`: bf16 (else fp16 with loss scaling) on a GPU. On a CPU, fp32 for training, where bf16
     autocast was not faster for EfficientNet-Lite0's depthwise convolutions (2-core machines we
     measured); for a pass without gradients whose output is kept (`gradients=False`: the frozen
-    backbone's features), bf16 where the CPU computes it natively, as forwards are 1.8-2.8x faster
-    there for both ResNet-18 and EfficientNet-Lite0 (2-core AMD EPYC Zen 4), fp32 elsewhere."""
+    backbone's features), bf16 where the CPU computes it natively, as forwards are faster there for
+    both ResNet-18 and EfficientNet-Lite0 (benchmarks/train_step.py, benchmarks/overhead.py), fp32
+    elsewhere."""
     check_value("trainer.precision", precision)
     if precision != "auto":
         return str(precision)

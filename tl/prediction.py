@@ -17,16 +17,18 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from tqdm.auto import tqdm
 
-from tl.data import eval_transform
 from tl.errors import TLError
 from tl.images import load_image
 from tl.models import Preprocess
+from tl.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoggedModel:
+    """A model logged by tl, loaded back: the network, its class names and the preprocessing it expects."""
+
     network: torch.nn.Module
     classes: list[str]
     preprocess: Preprocess
@@ -34,6 +36,8 @@ class LoggedModel:
 
 @dataclass
 class Row:
+    """One input image and what became of it: its label (from its folder), the prediction or the error."""
+
     path: str
     label: str | None = None
     prediction: str | None = None
@@ -42,6 +46,7 @@ class Row:
 
 
 def load_logged_model(model_uri: str) -> LoggedModel:
+    """The logged model at `model_uri`, with the metadata tl logged beside it; one-line errors otherwise."""
     try:
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
         network = mlflow.pytorch.load_model(model_uri, map_location="cpu")
@@ -92,6 +97,7 @@ def predict(model: LoggedModel, rows: list[Row], batch_size: int) -> list[Row]:
 
 
 def write_csv(rows: list[Row], output: Path) -> None:
+    """One CSV line per image: path, prediction, probability (label when known) and error."""
     labelled = any(row.label is not None for row in rows)
     columns = ["path", "prediction", "probability", *(["label"] if labelled else []), "error"]
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -102,5 +108,6 @@ def write_csv(rows: list[Row], output: Path) -> None:
 
 
 def accuracy(rows: list[Row]) -> float | None:
+    """The share of labelled images predicted right; None when no image has a label."""
     scored = [row for row in rows if row.label is not None and row.prediction is not None]
     return sum(row.label == row.prediction for row in scored) / len(scored) if scored else None

@@ -22,12 +22,15 @@ PACKAGES = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "hyd
 
 @dataclass
 class CodeState:
+    """The code a run ran: the git commit, and uncommitted changes to tracked files."""
+
     commit: str | None
     dirty: bool
     diff: str  # uncommitted changes to tracked files, as a patch
 
     @property
     def diff_sha256(self) -> str:
+        """A digest of the uncommitted changes; empty when there are none."""
         return hashlib.sha256(self.diff.encode()).hexdigest() if self.diff else ""
 
 
@@ -59,7 +62,8 @@ def environment(
     for package, module in PACKAGES.items():
         loaded = sys.modules.get(module)
         try:
-            # One this run did not load is not imported for its version (timm: 0.3 s): its distribution's.
+            # One this run did not load is not imported for its version (importing timm takes a while):
+            # its distribution's.
             env[package] = loaded.__version__ if loaded is not None else importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             env[package] = "not installed"
@@ -98,6 +102,7 @@ def cpu_features() -> list[str]:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -1,15 +1,24 @@
-"""Reproducing a run: for `rerun=` the config it ran with and what has changed since, for `resume=` the
-folder holding its checkpoint, read back from its MLflow run (what tl/tracking.py logged there)."""
+"""The run as it was: the config a run trains with, fresh or read back for `rerun=` (the config it ran
+with, and what has changed since) and `resume=` (its checkpoint, found from its MLflow run, folder or file).
+
+What tl/tracking.py logged to a run is read back here; the checkpoint itself is tl/checkpoints.py.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
+from hydra.utils import instantiate
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from tl import checkpoints
+from tl.checkpoints import Checkpoint, TrainingState
 from tl.config import override_key
 from tl.errors import TLError
 from tl.manifest import DatasetFingerprint
@@ -17,7 +26,51 @@ from tl.models import TransferModel
 from tl.provenance import CodeState
 from tl.runs import CHOICES_ARTIFACT, CONFIG_ARTIFACT, MANIFEST_ARTIFACT, NO_WEIGHTS, OUTPUT_DIR_TAG, RERUN_OF_TAG
 
+if TYPE_CHECKING:
+    from tl.tracking import MlflowTracker
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EffectiveRun:
+    """The config a run trains with, and where it came from: this command, `rerun=` or `resume=`."""
+
+    config: DictConfig  # for rerun= and resume=, the recorded one (with this command's allowed changes)
+    choices: dict[str, str]  # each config group's option
+    overrides: list[str]  # this command's
+    hydra: DictConfig  # Hydra's runtime config of this process: output folder, its own files
+    checkpoint_path: Path  # where the training state is saved after each epoch
+    resumed: TrainingState | None = None  # for resume=: the state to continue from
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run to continue (resume=), or None for a new one."""
+        return self.resumed.run_id if self.resumed else None
+
+    def tracker(self) -> MlflowTracker:
+        """The run's MLflow tracker (tracking: in the config): a new run, or for resume= the one it continues."""
+        return instantiate(self.config.tracking, overrides=self.overrides, run_id=self.run_id)
+
+    def checkpoint(self, run_id: str | None, writer: bool = True) -> Checkpoint:
+        """The run's checkpoint: what a resume continues from, and where each epoch is saved with this
+        config and `run_id`, for a later `resume=`."""
+        about = {"run_id": run_id, "config": OmegaConf.to_yaml(self.config), "choices": self.choices}
+        return Checkpoint(self.checkpoint_path, about, writer, resume_from=self.resumed)
+
+
+def effective_run(cfg: DictConfig, hydra: DictConfig) -> EffectiveRun:
+    """This command's config, or for `rerun=`/`resume=` the recorded one: what the run trains with."""
+    overrides, choices = list(hydra.overrides.task), dict(hydra.runtime.choices)
+    checkpoint_path = Path(hydra.runtime.output_dir, checkpoints.LAST)
+    if cfg.resume:  # the run as it started, continued after its last finished epoch
+        checkpoint_path = checkpoints.locate(cfg, lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri))
+        resumed = checkpoints.load(checkpoint_path)
+        config, choices = checkpoints.resumed_config(cfg.resume, overrides, resumed)
+        return EffectiveRun(config, choices, overrides, hydra, checkpoint_path, resumed)
+    if cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
+        cfg, choices = recorded_config(cfg, overrides)
+    return EffectiveRun(cfg, choices, overrides, hydra, checkpoint_path)
 
 
 def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:

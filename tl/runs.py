@@ -55,6 +55,7 @@ def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
 
 
 def csv_text(rows: list[dict]) -> str:
+    """`rows` as CSV text, the first row's keys as the header."""
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -103,7 +104,7 @@ def _unreachable(uri: str) -> str | None:
 def create_store_in_background(uri: str | None) -> subprocess.Popen | None:
     """Start creating a new local MLflow store (a SQLite file) in a child process, while this one
     loads torch and the rest on one core: MLflow creates a database by running each of its schema
-    migrations (~0.9 s on 2 cores), once per store, so a user's first run paid it. The child creates
+    migrations (benchmarks/overhead.py: run start), once per store, so a user's first run paid it. The child creates
     it holding the store's lock, which `use_store` takes too: a run that opens the store meanwhile
     waits for the child and then finds its tables (MLflow's tracking store takes no lock of its own,
     and two processes migrating one new database at once fail). Nothing starts when the store exists

@@ -14,6 +14,8 @@ from torch.optim import Optimizer, lr_scheduler
 
 @dataclass
 class Schedule:
+    """A learning-rate scheduler and when the trainer steps it: after every epoch or every batch."""
+
     scheduler: lr_scheduler.LRScheduler
     interval: Literal["epoch", "step"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from tl.config import check_value
+from tl.errors import TLError
 from tl.runs import ERROR_TAG, FAILED_JOB_TAG, PARENT_RUN_ENV, SWEEP_KEYS_ENV, csv_text, run_name, use_store
 
 log = logging.getLogger(__name__)
@@ -33,15 +36,20 @@ class SweepParentRun(Callback):
         register: str | None = None,
         alias: str | None = None,
         fallback: str | None = None,
+        monitor: str = "val_acc",
+        mode: str = "auto",
     ) -> None:
         self.experiment = experiment
         self.uri = uri
         self.register = register
         self.alias = alias
         self.fallback = fallback
+        self.monitor, self.mode = monitor, mode
         self.run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the parent run, and tell the jobs its id and the swept keys (environment variables)."""
+        self._check_monitor()
         from mlflow.tracking import MlflowClient
 
         experiment_id = use_store(self.uri, self.experiment, self.fallback)
@@ -63,6 +71,15 @@ class SweepParentRun(Callback):
         atexit.register(self._end, "FAILED")
         log.info("MLflow sweep parent run %s", self.run_id)
 
+    def _check_monitor(self) -> None:
+        """What picks the sweep's best job, checked before any job or parent run: one line and exit 1, as
+        run.py answers a bad value (Hydra only warns about an exception raised in a callback)."""
+        try:
+            check_value("monitor", self.monitor)
+            check_value("mode", self.mode)
+        except TLError as error:
+            sys.exit(f"error: {error}")  # on stderr, exit status 1
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """A failed job is listed on the parent, also one that failed before its own MLflow run began.
         Runs in the job's process, whichever launcher started it."""
@@ -77,25 +94,28 @@ class SweepParentRun(Callback):
         MlflowClient().set_tag(parent_run_id, f"{FAILED_JOB_TAG}{config.hydra.job.num}", job[:5000])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarise the sweep on its parent run and end it FINISHED."""
         self._end("FINISHED")
 
     def _summarise(self) -> None:
-        """On the parent: a CSV of every job and a comparison plot; the best job tagged on both."""
+        """On the parent: a CSV of every job and a comparison plot; the best job by `monitor` tagged on both."""
         from mlflow.tracking import MlflowClient
 
-        from tl import evaluation
+        from tl import evaluation, metrics
 
         client = MlflowClient()
         parent = client.get_run(self.run_id)
         children = client.search_runs(
             [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'"
         )
+        monitored = f"best_{self.monitor}"
+        columns = list(dict.fromkeys([monitored, "best_val_acc"]))  # the monitored metric first
         rows = [
             {
                 "run_name": child.info.run_name,
                 "run_id": child.info.run_id,
                 "status": child.info.status,
-                "best_val_acc": child.data.metrics.get("best_val_acc"),
+                **{column: child.data.metrics.get(column) for column in columns},
                 "seconds": round((child.info.end_time - child.info.start_time) / 1000, 1)
                 if child.info.end_time
                 else None,
@@ -111,15 +131,19 @@ class SweepParentRun(Callback):
             client.log_text(self.run_id, csv_text([{"job": n, "error": why} for n, why in sorted(failures.items())]),
                             "sweep/failures.csv")  # fmt: skip
             log.error("%d sweep job(s) failed; see sweep/failures.csv on MLflow run %s", len(failures), self.run_id)
-        rows.sort(key=lambda row: -1 if row["best_val_acc"] is None else row["best_val_acc"], reverse=True)
-        scored = [row for row in rows if row["status"] == "FINISHED" and row["best_val_acc"] is not None]
+        way = metrics.direction(self.monitor, self.mode)
+        sign = 1 if way == "max" else -1
+        # Best first; jobs without the metric (failed) last.
+        rows.sort(key=lambda row: (row[monitored] is not None, sign * (row[monitored] or 0)), reverse=True)
+        scored = [row for row in rows if row["status"] == "FINISHED" and row[monitored] is not None]
         for row in rows:
             row["best"] = bool(scored) and row is scored[0]
         if scored:
             best = scored[0]
             client.set_tag(self.run_id, "tl.best_child", best["run_name"])
             client.set_tag(self.run_id, "tl.best_child_run_id", best["run_id"])
-            client.log_metric(self.run_id, "best_val_acc", best["best_val_acc"])
+            client.set_tag(self.run_id, "tl.best_by", f"{self.monitor} ({way})")
+            client.log_metric(self.run_id, monitored, best[monitored])
             client.set_tag(best["run_id"], "tl.best_in_sweep", "true")
             if self.register and self.alias:
                 (version,) = client.search_model_versions(f"name='{self.register}' and run_id='{best['run_id']}'")
@@ -129,7 +153,7 @@ class SweepParentRun(Callback):
                 )
         if rows:
             client.log_text(self.run_id, csv_text(rows), "sweep/summary.csv")
-            client.log_figure(self.run_id, evaluation.plot_sweep(rows), "sweep/comparison.png")
+            client.log_figure(self.run_id, evaluation.plot_sweep(rows, monitored), "sweep/comparison.png")
 
     def _end(self, status: str) -> None:
         """Summarise the sweep on its parent run and end that run with `status` (FINISHED or FAILED)."""

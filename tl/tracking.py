@@ -1,41 +1,34 @@
 """Everything MLflow for one training: its run, params, metrics, artifacts and model.
 
 The sweep's parent run is in tl/sweep.py; what both share (names, tags, the store) in tl/runs.py;
-reading a run back for rerun= and resume= in tl/reproduce.py.
+reading a run back for rerun= and resume= in tl/reproduce.py; the logged model's format in
+tl/logged_model.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import platform
 import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import mlflow
-import numpy as np
 import torch
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from tl import evaluation
+from tl import evaluation, logged_model, metrics
 from tl.config import check_value
 from tl.errors import TLError
 from tl.interrupts import uninterrupted
 from tl.manifest import DatasetFingerprint
 from tl.models import Preprocess, TransferModel
 from tl.provenance import CodeState
-from tl.reproduce import warn_of_changes
+from tl.reproduce import EffectiveRun, warn_of_changes
 from tl.runs import (
     CHOICES_ARTIFACT,
     CONFIG_ARTIFACT,
@@ -136,9 +129,28 @@ class MlflowTracker:
             raise TLError(f"MLflow run {run_id} has already finished; there is nothing to resume")
 
     @uninterrupted()
+    def log_start(
+        self,
+        run: EffectiveRun,
+        code: CodeState,
+        environment: dict[str, str],
+        dataset: DatasetFingerprint,
+        model: TransferModel,
+    ) -> None:
+        """Before the first epoch: a new run's config and provenance; a resumed run's epochs that a crash
+        left unlogged; for a rerun, what differs from the original."""
+        if run.resumed:
+            self.log_missing_epochs(run.resumed.history)
+        else:
+            self.log_config(run.config, run.choices, run.hydra)
+            self.log_provenance(code, environment, dataset, model)
+        if run.config.rerun:
+            self.warn_if_changed(run.config.rerun, code, dataset, model)
+
+    @uninterrupted()
     def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
         """On resume: the epochs the checkpoint holds but a crash left unlogged."""
-        logged = {metric.step for metric in MlflowClient().get_metric_history(self.run_id, "val_acc")}
+        logged = {metric.step for metric in MlflowClient().get_metric_history(self.run_id, "epoch_seconds")}
         for step, row in enumerate(history, start=1):
             if step not in logged:
                 self.log_metrics(row, step)
@@ -201,12 +213,13 @@ class MlflowTracker:
     def log_result(
         self, result: FitResult, model: TransferModel, classes: list[str], preprocess: Preprocess, val_set: Dataset
     ) -> None:
-        """The best epoch's summary metrics, its checkpoint and the logged model."""
-        mlflow.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+        """The best epoch's metrics as `best_<name>`, its evaluation, its weights and the logged model."""
+        names = [*metrics.VALIDATION_METRICS, result.monitor]
+        mlflow.log_metrics({f"best_{name}": result.best[name] for name in names} | {"best_epoch": result.best_epoch})
         self._log_evaluation(result, classes, preprocess, val_set)
         about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights}
-        checkpoint = {"state_dict": model.network.state_dict(), "best_val_acc": result.best_val_acc,
-                      "best_epoch": result.best_epoch, **about}  # fmt: skip
+        checkpoint = {"state_dict": model.network.state_dict(), "best_epoch": result.best_epoch,
+                      "best_metrics": result.best, "monitor": result.monitor, **about}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, "best.pt")
             torch.save(checkpoint, path)
@@ -214,8 +227,8 @@ class MlflowTracker:
         example = torch.stack([val_set[i][0] for i in range(min(2, len(val_set)))])
         self.log_model(model.network, example, metadata=about)
         log.info(
-            "run %s: best val acc %.4f (epoch %d); browse it with `mlflow ui` (store: %s)",
-            self.run_id, result.best_val_acc, result.best_epoch, mlflow.get_tracking_uri(),
+            "run %s: best %s %.4f (epoch %d); browse it with `mlflow ui` (store: %s)",
+            self.run_id, result.monitor, result.best_value, result.best_epoch, mlflow.get_tracking_uri(),
         )  # fmt: skip
 
     def _log_evaluation(self, result: FitResult, classes: list[str], preprocess: Preprocess, val_set: Dataset) -> None:
@@ -231,70 +244,18 @@ class MlflowTracker:
             "worst_misclassified.png": evaluation.plot_worst_misclassified(predictions, val_set, classes, preprocess),
         }
         for name, figure in figures.items():
-            # zlib's fastest level: Pillow's default (6) took ~0.4 s a run to encode these three.
+            # zlib's fastest level: Pillow's default (6) was a visible share of the wrap-up (benchmarks/overhead.py).
             mlflow.log_figure(figure, f"evaluation/{name}", save_kwargs={"pil_kwargs": {"compress_level": 1}})
 
     @uninterrupted()
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        """One epoch's metrics, at step = the epoch's number."""
+        mlflow.log_metrics(values, step=step)
 
     def log_model(self, network: torch.nn.Module, input_example: torch.Tensor, metadata: dict[str, Any]) -> None:
-        """Log the model as a torch.export program (loads without tl or timm installed).
-
-        The example batch has 2 images: torch.export treats a size-1 dimension as a constant,
-        and the exported model would then refuse any other batch size.
-        """
-        if len(input_example) < 2:
-            raise ValueError("input_example needs at least 2 images for a dynamic batch dimension")
-        network = network.to("cpu").eval()
-        with torch.no_grad():
-            output = network(input_example[:2].cpu())
-        # Given, not inferred: MLflow would infer it by running the model on the example (~1 s a run).
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_example.shape[1:]))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output.shape[1:]))]),
-        )
-        with warnings.catch_warnings(), _no_requirements_check():
-            # torch.export's archive writer warns about shared weights that are already on the CPU.
-            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-            info = mlflow.pytorch.log_model(
-                network,
-                name="model",
-                input_example=input_example.cpu().numpy(),
-                signature=signature,
-                serialization_format="pt2",
-                # Pins of what this process runs, given rather than inferred: MLflow would infer them
-                # by loading the model in a subprocess.
-                conda_env=_conda_env(mlflow=mlflow.__version__, torch=torch.__version__.split("+")[0]),
-                metadata=metadata,
-                registered_model_name=self.register,
-                # MLflow would load the model back and predict the example: ~3 s a run. The tests
-                # load and predict with this format instead (tests/test_tracking.py).
-                validate_serving_input=False,
-            )
+        """The network as the run's `model` (tl/logged_model.py); registered and aliased when configured."""
+        info = logged_model.log_model(network, input_example, metadata, registered_model_name=self.register)
         # In a sweep the alias goes to the best job's version when the sweep ends, not to each job's.
         if self.register and self.alias and not self.parent_run_id:
             MlflowClient().set_registered_model_alias(self.register, self.alias, info.registered_model_version)
             log.info("models:/%s@%s -> version %s", self.register, self.alias, info.registered_model_version)
-
-
-@contextlib.contextmanager
-def _no_requirements_check() -> Iterator[None]:
-    """MLflow checks a logged model's requirements against the installed distributions, mapping every
-    module of every one of them to its package first (~0.8 s a run, 2 cores), only to warn on a
-    mismatch. tl's requirements are this process's own versions (`_conda_env`), so the check cannot
-    find one; MLflow has no switch for it, so its function is replaced for the call (where it exists)."""
-    import mlflow.utils.environment as environment
-
-    if not hasattr(environment, "warn_dependency_requirement_mismatches"):
-        yield
-        return
-    with mock.patch.object(environment, "warn_dependency_requirement_mismatches"):
-        yield
-
-
-def _conda_env(**pins: str) -> dict[str, Any]:
-    """The logged model's environment: this Python and the given packages at the given versions."""
-    pip = [f"{package}=={version}" for package, version in pins.items()]
-    return {"name": "mlflow-env", "channels": ["conda-forge"],
-            "dependencies": [f"python={platform.python_version()}", "pip", {"pip": pip}]}  # fmt: skip

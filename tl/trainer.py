@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -15,34 +15,50 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from tl.checkpoints import Checkpoint, restore_rng_states, rng_states
+from tl import metrics
+from tl.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
 from tl.distributed import Processes
 from tl.errors import TLError
 from tl.evaluation import Predictions
 from tl.models import TransferModel
 from tl.numerics import autocast_for, numerics, resolve_device, resolve_precision
+from tl.provenance import environment
 from tl.schedulers import Schedule
+from tl.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
 
-class Strategy(Protocol):
-    def start_epoch(self, model: TransferModel, epoch: int) -> None: ...
-
-
 class MetricsLogger(Protocol):
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    """Where each epoch's metrics go (the MLflow tracker; a list in the tests)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Record one epoch's metrics; `step` is the epoch's number, from 1."""
 
 
 @dataclass
 class FitResult:
-    best_val_acc: float
-    best_epoch: int
+    """What a fit leaves: each epoch's metrics, and which epoch was best by the monitored metric."""
+
+    monitor: str
+    best_epoch: int = 0  # 1-based; 0 before the first epoch
     history: list[dict[str, float]] = field(default_factory=list)
     best_predictions: Predictions | None = None  # on the validation set, by the restored weights
 
+    @property
+    def best(self) -> dict[str, float]:
+        """The best epoch's metrics."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else {}
+
+    @property
+    def best_value(self) -> float:
+        """The monitored metric at the best epoch: what a sweep compares and Optuna optimises."""
+        return self.best[self.monitor]
+
 
 class Trainer:
+    """The epoch loop and where it runs: device, precision, memory format, determinism, which epoch is best."""
+
     def __init__(
         self,
         epochs: int,
@@ -51,11 +67,14 @@ class Trainer:
         channels_last: bool = True,
         deterministic: bool = True,
         progress: bool = True,
+        monitor: str = "val_acc",
+        mode: str = "auto",
         processes: Processes | None = None,
     ) -> None:
         self.epochs = epochs
         self.processes = processes or Processes()  # several under torchrun
         self.deterministic = deterministic
+        self.monitor, self.direction = monitor, metrics.direction(monitor, mode)
         self.device = resolve_device(device)
         if self.device.type == "cuda" and self.device.index is None and self.processes.distributed:
             self.device = torch.device("cuda", self.processes.local_rank)  # one GPU per process
@@ -66,10 +85,19 @@ class Trainer:
         self.inference_autocast = autocast_for(self.device, self.inference_precision)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "16-mixed")
-        # NHWC memory layout: about 1.8x faster convolutions for EfficientNet-Lite0 on a 2-core CPU.
+        # NHWC memory layout: faster convolutions on CPUs and GPUs (benchmarks/compare.py, the tl-fp32 arms).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.progress = progress
         self.criterion = nn.CrossEntropyLoss()
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether loaders should pin their batches: on a GPU, copies from pinned memory run asynchronously."""
+        return self.device.type == "cuda"
+
+    def environment(self) -> dict[str, str]:
+        """Where and how this trainer computes, for the run's provenance tags."""
+        return environment(self.device, self.precision, self.processes.world_size, self.inference_precision)
 
     def fit(
         self,
@@ -79,18 +107,18 @@ class Trainer:
         schedule: Schedule,
         train_loader: DataLoader,
         val_loader: DataLoader,
-        metrics: MetricsLogger,
+        metrics_logger: MetricsLogger,
         checkpoint: Checkpoint | None = None,
-        resume_from: dict[str, Any] | None = None,
     ) -> FitResult:
-        """Train for `self.epochs`, log each epoch, and leave the best-validation weights in `model`.
+        """Train for `self.epochs`, log each epoch, and leave the best epoch's weights in `model`.
 
-        With `checkpoint`, the training state is saved after every epoch; `resume_from` (such a
-        saved state) continues after its last finished epoch, as if the run had never stopped.
+        With `checkpoint`, the training state is saved after every epoch; a checkpoint's `resume_from`
+        (such a saved state) continues after its last finished epoch, as if the run had never stopped.
         """
+        resume_from = checkpoint.resume_from if checkpoint is not None else None
         with numerics(self.deterministic):  # for this fit only: restored when it ends
             network = model.network.to(self.device, memory_format=self.memory_format)
-            result = FitResult(best_val_acc=-1.0, best_epoch=0)
+            result = FitResult(self.monitor)
             best_state = copy.deepcopy(network.state_dict())
             first_epoch = 0
             if resume_from is not None:
@@ -102,42 +130,34 @@ class Trainer:
                 strategy.start_epoch(model, epoch)
                 if isinstance(train_loader.sampler, DistributedSampler):
                     train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
-                train_loss, train_acc, images_per_second = self.train_one_epoch(
-                    self._parallel(network), optimizer, schedule, train_loader, epoch
-                )
+                row = self.train_one_epoch(self._parallel(network), optimizer, schedule, train_loader, epoch)
                 if schedule.interval == "epoch":
                     schedule.scheduler.step()
-                val_loss, val_acc, predictions = self.evaluate(network, val_loader)
-                row = {
-                    "train_loss": train_loss,
-                    "train_acc": train_acc,
-                    "val_loss": val_loss,
-                    "val_acc": val_acc,
-                    "lr": list(lrs.values())[-1],
-                    "epoch_seconds": time.perf_counter() - started,
-                    "images_per_second": images_per_second,
-                }
+                predictions = self.predict(network, val_loader)
+                row.update(metrics.validation_metrics(predictions))
+                row.update(lr=list(lrs.values())[-1], epoch_seconds=time.perf_counter() - started)
                 if len(lrs) > 1:
                     row.update({f"lr_{name}": lr for name, lr in lrs.items()})
                 result.history.append(row)
-                if val_acc > result.best_val_acc:
-                    result.best_val_acc, result.best_epoch = val_acc, epoch + 1
-                    result.best_predictions = predictions
+                if metrics.is_better(row[self.monitor], result.best.get(self.monitor), self.direction):
+                    result.best_epoch, result.best_predictions = epoch + 1, predictions
                     best_state = copy.deepcopy(network.state_dict())
-                if checkpoint is not None and self.processes.is_main:
+                if checkpoint is not None:
                     # Saved before the metrics are logged: a resume logs what a crash in between left unlogged.
                     checkpoint.save(
                         self._state(epoch + 1, network, optimizer, schedule, train_loader, result, best_state)
                     )
-                metrics.log_metrics(row, step=epoch + 1)
+                metrics_logger.log_metrics(row, step=epoch + 1)
                 log.info(
                     "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f img/s",
-                    epoch + 1, self.epochs, train_loss, train_acc, val_loss, val_acc,
+                    epoch + 1, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                     row["epoch_seconds"], row["images_per_second"],
                 )  # fmt: skip
             network.load_state_dict(best_state)
             network.eval()
-            log.info("best val acc %.4f at epoch %d; its weights are restored", result.best_val_acc, result.best_epoch)
+            log.info(
+                "best %s %.4f at epoch %d; its weights are restored", self.monitor, result.best_value, result.best_epoch
+            )
             return result
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -162,29 +182,26 @@ class Trainer:
         train_loader: DataLoader,
         result: FitResult,
         best_state: dict[str, torch.Tensor],
-    ) -> dict[str, Any]:
+    ) -> TrainingState:
         best = result.best_predictions
-        return {
-            "epochs_done": epochs_done,
+        return TrainingState(
+            epochs_done=epochs_done,
             # After an improving epoch the weights are the best ones: the same tensors are written once.
-            "network": best_state if result.best_epoch == epochs_done else network.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.scheduler.state_dict(),
-            "grad_scaler": self.scaler.state_dict(),
-            "rng": rng_states(train_loader.generator),
-            "history": result.history,
-            "best": {
-                "val_acc": result.best_val_acc,
-                "epoch": result.best_epoch,
-                "network": best_state,
-                "logits": best.logits,
-                "labels": best.labels,
-            },
-        }
+            network=best_state if result.best_epoch == epochs_done else network.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=schedule.scheduler.state_dict(),
+            grad_scaler=self.scaler.state_dict(),
+            rng=rng_states(train_loader.generator),
+            history=result.history,
+            best_epoch=result.best_epoch,
+            best_network=best_state,
+            best_logits=best.logits if best else None,
+            best_labels=best.labels if best else None,
+        )
 
     def _restore(
         self,
-        state: dict[str, Any],
+        state: TrainingState,
         network: nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
@@ -192,20 +209,20 @@ class Trainer:
         result: FitResult,
     ) -> tuple[int, dict[str, torch.Tensor]]:
         """Put a saved state back; returns the epochs already done and the best weights so far."""
-        network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["grad_scaler"])
-        restore_rng_states(state["rng"], train_loader.generator)
-        best = state["best"]
-        result.history = list(state["history"])
-        result.best_val_acc, result.best_epoch = best["val_acc"], best["epoch"]
-        result.best_predictions = Predictions(best["logits"], best["labels"])
-        return state["epochs_done"], best["network"]
+        network.load_state_dict(state.network)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.grad_scaler)
+        restore_rng_states(state.rng, train_loader.generator)
+        result.history, result.best_epoch = list(state.history), state.best_epoch
+        if state.best_logits is not None:
+            result.best_predictions = Predictions(state.best_logits, state.best_labels)
+        return state.epochs_done, state.best_network
 
     def train_one_epoch(
         self, network: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loader: DataLoader, epoch: int
-    ) -> tuple[float, float, float]:
+    ) -> dict[str, float]:
+        """One pass over `loader` with gradients: the training metrics (`metrics.TRAINING_METRICS`) and speed."""
         started = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         batches = tqdm(
@@ -236,10 +253,15 @@ class Trainer:
             batches.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)  # drawn at tqdm's own pace
         total_loss, correct, seen = self.processes.sum(total_loss, correct, seen)  # over all processes
         # Images actually trained on: a dropped lone last image is not counted.
-        return total_loss / seen, correct / seen, seen / (time.perf_counter() - started)
+        return {
+            "train_loss": total_loss / seen,
+            "train_acc": correct / seen,
+            "images_per_second": seen / (time.perf_counter() - started),
+        }
 
     @torch.no_grad()
     def predict(self, network: nn.Module, loader: DataLoader) -> Predictions:
+        """Every batch's logits (in fp32, on the CPU) and labels, in the loader's order."""
         network.eval()
         logits, labels = [], []
         for images, batch_labels in loader:
@@ -247,8 +269,3 @@ class Trainer:
                 logits.append(network(self._to_device(images)).float().cpu())
             labels.append(batch_labels)
         return Predictions(torch.cat(logits), torch.cat(labels))
-
-    def evaluate(self, network: nn.Module, loader: DataLoader) -> tuple[float, float, Predictions]:
-        predictions = self.predict(network, loader)
-        loss = self.criterion(predictions.logits, predictions.labels).item()
-        return loss, (predictions.predicted == predictions.labels).float().mean().item(), predictions

@@ -30,15 +30,18 @@ OUT_DIR = Path(__file__).parent / "fashion_sample"
 
 
 def folder_name(class_name: str) -> str:
+    """A class name as a folder name: `T-shirt/top` -> `T-shirt_top`."""
     return class_name.replace("/", "_").replace(" ", "_")
 
 
 def read_idx(path: Path, header_bytes: int) -> np.ndarray:
+    """The bytes of a gzipped IDX file after its header, as uint8."""
     with gzip.open(path, "rb") as f:
         return np.frombuffer(f.read(), dtype=np.uint8, offset=header_bytes)
 
 
 def build(source: Path, out: Path, per_class_train: int, per_class_val: int, seed: int) -> None:
+    """Write a seeded, class-balanced sample of the Fashion-MNIST training set to out/{train,val}/<class>/."""
     images = read_idx(source / "train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
     labels = read_idx(source / "train-labels-idx1-ubyte.gz", 8)
     rng = np.random.default_rng(seed)
@@ -73,6 +76,7 @@ def build_unseen(source: Path, out: Path, per_class: int, seed: int) -> None:
 
 
 def main() -> None:
+    """Command line of `build`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEBIAN_DIR)
     parser.add_argument("--out", type=Path, default=OUT_DIR)
