@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> float | None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tl has its own progress bar
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
-    model = load_logged_model(cfg.model_uri)
+    model = load_logged_model(cfg.model_uri, allow_pickle=cfg.allow_pickle)
     rows = predict(model, list_inputs(Path(cfg.input).expanduser()), cfg.batch_size)
     output = Path(cfg.output or Path(HydraConfig.get().runtime.output_dir, "predictions.csv"))
     write_csv(rows, output)

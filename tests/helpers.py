@@ -46,10 +46,17 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def run_cli(
-    *args: str, cwd: Path, mlflow_uri: str, project: Path = ROOT, script: str = "run.py", timeout: int = 600
+    *args: str,
+    cwd: Path,
+    mlflow_uri: str,
+    project: Path = ROOT,
+    script: str = "run.py",
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """`python run.py ARGS` (or another script of the project) as a user runs it, logging to `mlflow_uri`."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    """`python run.py ARGS` (or another script of the project) as a user runs it, logging to `mlflow_uri`,
+    with `env` added to this process's environment."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, **(env or {})}
     env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
     command = [sys.executable, str(project / script), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from PIL import Image
 
 from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
 from tl import evaluation
+from tl.statistics import paired_t_test
 
 pytestmark = pytest.mark.slow
 
@@ -122,10 +126,9 @@ def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folde
     assert parent.data.tags["tl.best_child"] == best.info.run_name
     tagged = [c for c in children if MlflowClient().get_run(c.info.run_id).data.tags.get("tl.best_in_sweep")]
     assert [c.info.run_id for c in tagged] == [best.info.run_id]
-    # The comparison plot is the summary's accuracies: drawn again from the CSV, the figure is the same.
-    rows = list(csv.DictReader(summary))
-    for row in rows:
-        row["best_val_acc"], row["best"] = float(row["best_val_acc"]), row["best"] == "True"
+    # The comparison plot is the configurations' accuracies: drawn again from the CSV, the figure is the same.
+    rows = configuration_rows(parent.info.run_id)
+    assert len(rows) == 4 and all(row["test"].startswith("McNemar exact, 9 paired images") for row in rows[1:])
     assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), evaluation.plot_sweep(rows))
 
 
@@ -150,6 +153,80 @@ def test_monitor_val_loss_picks_the_epoch_and_the_sweep_job_of_lowest_validation
     assert summary[0].startswith("run_name,run_id,status,best_val_loss,best_val_acc,seconds")
     assert summary[1].split(",")[1] == best.info.run_id  # best first
     assert "best val_loss" in result.stderr and "run " in result.stderr
+
+
+def sweep_runs(mlflow_uri: str):
+    """The sweep's parent run (re-read: tagged when the sweep ended) and its children."""
+    parent = next(r for r in runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs(mlflow_uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return MlflowClient().get_run(parent.info.run_id), children
+
+
+def configuration_rows(parent_run_id: str) -> list[dict]:
+    """sweep/configurations.csv, with its numbers and flags typed back."""
+    text = mlflow.artifacts.load_text(f"runs:/{parent_run_id}/sweep/configurations.csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row in rows:
+        for key, value in row.items():
+            if key in ("configuration", "test", "run_ids"):
+                continue
+            row[key] = None if value == "" else value == "True" if value in ("True", "False") else float(value)
+        row["n"] = int(row["n"])
+    return rows
+
+
+def test_a_sweep_over_seeds_gives_each_strategy_its_mean_spread_and_a_test_against_the_best(
+    tmp_path, image_folder, mlflow_uri
+):
+    sweep = ["-m", "strategy=finetune,frozen", "seed=0,1,2", "epochs=1"]
+    result = run_cli(*sweep, *tiny(image_folder), cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = sweep_runs(mlflow_uri)
+    assert len(children) == 6
+    accuracy = {(c.data.params["strategy"], c.data.params["seed"]): c.data.metrics["best_val_acc"] for c in children}
+    rows = configuration_rows(parent.info.run_id)
+    assert sorted(row["configuration"] for row in rows) == ["strategy=finetune", "strategy=frozen"]
+    for row in rows:
+        values = [accuracy[(row["configuration"].split("=")[1], str(seed))] for seed in range(3)]
+        assert row["n"] == 3 and row["mean_best_val_acc"] == pytest.approx(statistics.mean(values))
+        assert row["std_best_val_acc"] == pytest.approx(statistics.stdev(values))
+    best, other = rows
+    assert best["mean_best_val_acc"] >= other["mean_best_val_acc"] and best["p_value_vs_best"] is None
+    best_values, other_values = ([accuracy[(r["configuration"].split("=")[1], str(s))] for s in range(3)]
+                                 for r in (best, other))  # fmt: skip
+    if best_values != other_values:
+        assert other["p_value_vs_best"] == pytest.approx(paired_t_test(other_values, best_values))
+    assert other["test"] == "paired t-test, 3 matched repeats"
+    assert parent.data.tags["tl.best_configuration"] == best["configuration"]
+    tied = parent.data.tags["tl.indistinguishable_from_best"]
+    assert tied.startswith(other["configuration"]) if other["indistinguishable_from_best"] else tied == "none"
+    # Each run's own interval, from its best weights' predictions, which it also lists image by image.
+    for child in children:
+        low, high = child.data.metrics["best_val_acc_ci_low"], child.data.metrics["best_val_acc_ci_high"]
+        assert 0 <= low <= child.data.metrics["best_val_acc"] <= high <= 1 and high - low > 0.1
+        listed = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/evaluation/val_predictions.csv")
+        assert len(listed.splitlines()) == 1 + 9  # the header, then each of the 9 validation images
+    # The comparison plot is drawn from the CSV: bars with error bars, the same figure again.
+    assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), evaluation.plot_sweep(rows))
+    assert "95% interval" in result.stderr
+
+
+def test_cross_validation_folds_are_disjoint_stratified_and_cover_every_image_once(tmp_path, image_folder, mlflow_uri):
+    sweep = ["-m", "data.folds=5", "data.fold=0,1,2,3,4", "epochs=1", "strategy=frozen"]
+    result = run_cli(*sweep, *tiny(image_folder), cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = sweep_runs(mlflow_uri)
+    assert sorted(c.data.params["data.fold"] for c in children) == ["0", "1", "2", "3", "4"]
+    folds = []
+    for child in children:
+        listed = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/evaluation/val_predictions.csv")
+        folds.append([row["path"] for row in csv.DictReader(io.StringIO(listed))])
+    every_image = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
+    assert sorted(path for fold in folds for path in fold) == every_image  # disjoint, and each image once
+    for name in ("ants", "bees", "wasps"):  # 9 images of each class over 5 folds: 1 or 2 in each
+        assert {sum(path.split("/")[1] == name for path in fold) for fold in folds} <= {1, 2}
+    (row,) = configuration_rows(parent.info.run_id)  # the folds are repeats of one configuration
+    assert row["configuration"] == "defaults" and row["n"] == 5 and row["std_best_val_acc"] is not None
 
 
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -213,8 +290,13 @@ def test_default_run_reaches_the_promised_accuracy_and_predicts_unseen_images_al
     assert run.info.status == "FINISHED" and run.info.run_name == "defaults"
     val_acc = run.data.metrics["best_val_acc"]
     assert val_acc >= 0.75
-    evaluation = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
-    assert len(evaluation) == 4  # confusion matrix, per-class table, curves, worst misclassified
+    evaluation = {
+        a.path.removeprefix("evaluation/") for a in MlflowClient().list_artifacts(run.info.run_id, "evaluation")
+    }
+    assert evaluation == {"confusion_matrix.png", "per_class.csv", "curves.png", "worst_misclassified.png",
+                          "val_predictions.csv"}  # fmt: skip
+    low, high = run.data.metrics["best_val_acc_ci_low"], run.data.metrics["best_val_acc_ci_high"]
+    assert low < val_acc < high and high - low < 0.1  # 400 validation images: about +-4 points
 
     output = tmp_path / "predictions.csv"
     unseen = ROOT / "tests" / "data" / "fashion_unseen"
@@ -257,7 +339,9 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
-def start_mlflow_server(tmp_path: Path, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+def start_mlflow_server(
+    tmp_path: Path, attempts: int = 3, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     # A port found free can be taken by another process before the server binds it: then the server
     # exits, and it is started again on another port.
     log_path = tmp_path / "server.log"
@@ -267,11 +351,12 @@ def start_mlflow_server(tmp_path: Path, attempts: int = 3) -> tuple[subprocess.P
             port = probe.getsockname()[1]
         command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                   "--artifacts-destination", str(tmp_path / "server_artifacts")]  # fmt: skip
+                   "--artifacts-destination", str(tmp_path / "server_artifacts"), *extra]  # fmt: skip
         with log_path.open("w") as log:
             server = subprocess.Popen(
-                [str(Path(sys.executable).parent / command[0]), *command[1:]], stdout=log, stderr=log
-            )
+                [str(Path(sys.executable).parent / command[0]), *command[1:]], stdout=log, stderr=log,
+                cwd=tmp_path, env={**os.environ, **(env or {})},
+            )  # fmt: skip
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while server.poll() is None and time.monotonic() < deadline:
             try:
@@ -299,6 +384,76 @@ def test_training_registry_and_prediction_against_a_real_tracking_server(tmp_pat
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert len(list(csv.DictReader(output.open()))) == 9
+
+
+@pytest.fixture
+def login_server(tmp_path):
+    """`mlflow server --app-name basic-auth` on a free loopback port: (its URL, the admin's password)."""
+    password = f"pw-{secrets.token_hex(12)}"
+    env = {"MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16), "MLFLOW_AUTH_ADMIN_PASSWORD": password}
+    server, url = start_mlflow_server(tmp_path, extra=("--app-name", "basic-auth"), env=env)
+    try:
+        yield url, password
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_server_with_logins_takes_runs_sweeps_and_predictions_with_the_right_password_only(
+    tmp_path, image_folder, login_server, monkeypatch, request
+):
+    url, password = login_server
+    login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    outputs = []
+
+    def tl(*args: str, env: dict[str, str], script: str = "run.py") -> subprocess.CompletedProcess:
+        result = run_cli(*args, cwd=tmp_path, mlflow_uri=url, env=env, script=script)
+        outputs.append(result.stdout + result.stderr)
+        return result
+
+    sweep = tl("-m", "lr=1e-3,1e-2", *tiny(image_folder), "epochs=1", "strategy=frozen", "tracking.register=ants",
+               "tracking.alias=champion", env=login)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    image = next((image_folder / "val" / "ants").iterdir())
+    predicted = tl("model_uri=models:/ants@champion", f"input={image}", env=login, script="predict.py")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    for wrong, reason in (({**login, "MLFLOW_TRACKING_PASSWORD": "wrong"}, "the credentials of user admin"),
+                          ({}, "a request without credentials")):  # fmt: skip
+        refused = tl(*tiny(image_folder), "epochs=1", env=wrong)
+        assert refused.returncode == 1
+        (line,) = [line for line in refused.stderr.splitlines() if "error:" in line]
+        assert f"the MLflow tracking server {url} refused {reason} (HTTP 401)" in line
+        assert "starting" in refused.stderr and "epoch 1/1" not in refused.stderr  # stopped before training
+    refused = tl("-m", "lr=1e-3,1e-2", *tiny(image_folder), "epochs=1", env={})  # a sweep: before any job
+    assert refused.returncode == 1 and "refused a request without credentials" in refused.stderr
+    assert "#0 :" not in refused.stdout
+    in_uri = url.replace("http://", f"http://admin:{password}@")
+    refused = tl(*tiny(image_folder), "epochs=1", env={"MLFLOW_TRACKING_URI": in_uri})
+    assert refused.returncode == 1 and "has a password in it" in refused.stderr
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    mlflow.set_tracking_uri(url)  # for the registry's models:/ URIs too
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
+    client = MlflowClient(url)
+    logged = client.search_runs([client.get_experiment_by_name("tl").experiment_id])
+    assert len(logged) == 3 and {r.info.status for r in logged} == {"FINISHED"}  # a parent, two jobs; none RUNNING
+    children = [r for r in logged if "mlflow.parentRunId" in r.data.tags]
+    assert all("best_val_acc" in r.data.metrics and r.data.params["strategy"] == "frozen" for r in children)
+    assert client.get_model_version_by_alias("ants", "champion").run_id in {r.info.run_id for r in children}
+    # The password is nowhere: not in any output, tag, param or artifact.
+    assert not [text for text in outputs if password in text]
+    downloaded = tmp_path / "downloaded"
+    for run in logged:
+        assert password not in str(run.data.tags) + str(run.data.params)
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(downloaded / run.info.run_id))
+    for version in client.search_model_versions("name='ants'"):  # the logged models, stored beside the runs
+        assert password not in str(version.tags)
+        mlflow.artifacts.download_artifacts(
+            f"models:/ants/{version.version}", dst_path=str(downloaded / version.version)
+        )
+    assert len(list(downloaded.rglob("MLmodel"))) == 2 and len(list(downloaded.rglob("val_predictions.csv"))) == 2
+    assert not [f for f in downloaded.rglob("*") if f.is_file() and password.encode() in f.read_bytes()]
 
 
 def test_parallel_optuna_sweep_reports_every_trial_and_points_the_alias_at_the_best(tmp_path, image_folder, mlflow_uri):

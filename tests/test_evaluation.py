@@ -55,8 +55,22 @@ def figures(predicted: list[int], accuracy: float, seed: int) -> dict[str, np.nd
         "worst": evaluation.plot_worst_misclassified(predictions, dataset, CLASSES, pre),
         "sweep": evaluation.plot_sweep(
             [
-                {"run_name": "lr=0.1", "best_val_acc": accuracy, "best": True},
-                {"run_name": "lr=0.2", "best_val_acc": 0.5, "best": False},
+                {
+                    "configuration": "lr=0.1",
+                    "n": 3,
+                    "mean_best_val_acc": accuracy,
+                    "error_low": accuracy - 0.05,
+                    "error_high": accuracy + 0.05,
+                    "indistinguishable_from_best": None,
+                },
+                {
+                    "configuration": "lr=0.2",
+                    "n": 1,
+                    "mean_best_val_acc": 0.5,
+                    "error_low": None,
+                    "error_high": None,
+                    "indistinguishable_from_best": False,
+                },
             ]
         ),  # fmt: skip
     }

@@ -67,7 +67,9 @@ def test_features_on_disk_are_reused_by_the_next_run_instead_of_computed(tmp_pat
             assert torch.equal(ours, theirs)
 
 
-def test_the_cache_key_changes_with_the_weights_the_transforms_the_images_and_the_precision(tmp_path):
+def test_the_cache_key_changes_with_the_weights_the_transforms_the_images_the_splits_and_the_precision(
+    tmp_path,
+):
     model = efficientnet_lite0(num_classes=3)
     folder = make_image_folder(tmp_path / "data")
     data = image_folder(str(folder), batch_size=4, image_size=32)
@@ -83,6 +85,8 @@ def test_the_cache_key_changes_with_the_weights_the_transforms_the_images_and_th
     assert key(model=efficientnet_lite0(num_classes=3, pretrained=False)) != original
     assert key(data=image_folder(str(folder), batch_size=4, image_size=48)) != original
     assert key(trainer=Trainer(epochs=1, device="cpu", precision="bf16")) != original
+    folds = [image_folder(str(folder), batch_size=4, image_size=32, folds=3, fold=i) for i in range(3)]
+    assert len({key(data=fold) for fold in folds} | {original}) == 4  # the same images, other splits
     (folder / "train" / "ants" / "0.png").write_bytes((folder / "train" / "bees" / "0.png").read_bytes())
     assert key(data=image_folder(str(folder), batch_size=4, image_size=32)) != original
 

@@ -1,9 +1,13 @@
+import contextlib
 from dataclasses import asdict
+from pathlib import Path
 
+import mlflow
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
-from tests.helpers import make_image_folder
+from tests.helpers import make_image_folder, run_cli
 from tl.errors import TLError
 from tl.models import efficientnet_lite0
 from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
@@ -61,3 +65,56 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(tmp_path, logged_m
 def test_model_uri_that_does_not_exist_is_a_user_error(mlflow_uri):
     with pytest.raises(TLError, match="could not load model_uri"):
         load_logged_model("models:/no_such_model/1")
+
+
+class Trap(torch.nn.Module):
+    """A model whose unpickling creates a file: what a pickled model can do to whoever loads it."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, images):
+        return images
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+@pytest.fixture
+def pickled_model_alias(tmp_path, mlflow_uri):
+    """A pickled PyTorch model with tl's metadata, registered as `trap` and aliased `champion`."""
+    marker = tmp_path / "marker"
+    metadata = {"classes": CLASSES, "preprocess": asdict(efficientnet_lite0(num_classes=3).preprocess.at_size(32))}
+    mlflow.set_experiment("trap")
+    with mlflow.start_run():
+        mlflow.pytorch.log_model(
+            Trap(str(marker)), name="model", serialization_format="pickle", pip_requirements=["torch"],
+            metadata=metadata, registered_model_name="trap",
+        )  # fmt: skip
+    MlflowClient().set_registered_model_alias("trap", "champion", "1")
+    assert not marker.exists()  # logging it did not unpickle it
+    return "models:/trap@champion", marker
+
+
+def test_a_pickled_model_is_refused_before_it_is_unpickled(pickled_model_alias):
+    model_uri, marker = pickled_model_alias
+    with pytest.raises(TLError, match=r"models:/trap@champion is a pickled PyTorch model.*allow_pickle=true"):
+        load_logged_model(model_uri)
+    assert not marker.exists()
+    with contextlib.suppress(Exception):  # opted in: unpickled, and the trap goes off (the model is no model)
+        load_logged_model(model_uri, allow_pickle=True)
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_predict_py_on_an_alias_of_a_pickled_model_exits_in_one_line_and_runs_nothing(
+    tmp_path, pickled_model_alias, mlflow_uri
+):
+    model_uri, marker = pickled_model_alias
+    image = make_image_folder(tmp_path / "d", {"val": 1}) / "val" / "ants" / "0.png"
+    result = run_cli(f"model_uri={model_uri}", f"input={image}", cwd=tmp_path, mlflow_uri=mlflow_uri,
+                     script="predict.py")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "is a pickled PyTorch model" in line and not marker.exists()

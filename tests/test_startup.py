@@ -61,12 +61,17 @@ def test_showing_the_config_and_hydras_own_errors_import_nothing_heavy(tmp_path,
         ("data.on_bad_image=bogus", "error: data.on_bad_image='bogus' is not allowed"),
         ("monitor=val_f2", "error: monitor='val_f2' is not allowed: monitor must be a metric tl logs each epoch: "),
         ("mode=up", "error: mode='up' is not allowed: mode must be auto, max, min"),
+        (
+            "tracking.uri=http://admin:hunter2@127.0.0.1:5000",
+            "error: tracking.uri=(a URI with a password) is not allowed: tracking.uri must be a URI without a password",
+        ),
     ],
 )
 def test_a_rejected_value_is_one_line_before_anything_heavy_is_imported(tmp_path, override, message):
     status, _, stderr, heavy = run_py(tmp_path, override)
     assert status == 1 and heavy == "heavy: []"
     assert len(stderr) == 1 and message in stderr[0], stderr
+    assert "hunter2" not in stderr[0]
 
 
 @pytest.mark.parametrize("search", [["lr=1e-3,1e-2"], ["hparams_search=optuna"]])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,7 +45,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # Nested keys: checked where the composed config has them (an option may leave one out).
     "trainer.precision": (lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "data.on_bad_image": (lambda v: v in BAD_IMAGE_POLICIES, " or ".join(BAD_IMAGE_POLICIES)),
+    "data.folds": (lambda v: v is None or (_is_int(v) and v >= 2), "null or a whole number >= 2"),
+    "data.fold": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0 (the fold to validate on)"),
     "tracking.fallback": (lambda v: v in (None, "local"), "null or local"),
+    "tracking.uri": (
+        lambda v: v is None or urlsplit(str(v)).password is None,
+        "a URI without a password: give it in MLFLOW_TRACKING_PASSWORD (and MLFLOW_TRACKING_USERNAME)",
+    ),
 }
 _ABSENT = object()
 # Top-level keys that configs recorded by earlier versions of tl lack (rerun=, resume=): their defaults apply.
@@ -58,7 +65,8 @@ def check_value(key: str, value: Any) -> None:
     """One line naming the key, the value and what is allowed, if `value` is not allowed for `key`."""
     allowed, description = RULES[key]
     if not allowed(value):
-        raise TLError(f"{key}={value!r} is not allowed: {key} must be {description}")
+        shown = "(a URI with a password)" if key == "tracking.uri" else repr(value)  # never echo a password
+        raise TLError(f"{key}={shown} is not allowed: {key} must be {description}")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from tl import folds as tl_folds
 from tl.config import check_value
 from tl.datasets.download import check_sha256, download
 from tl.distributed import Processes
@@ -55,10 +56,14 @@ class ImageFolderData:
         manifest_dir: str | Path | None = None,
         recheck: bool = False,
         progress: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
+        split_seed: int = 0,
     ) -> None:
         """`manifest_dir`: where what the set-up pass learned about each image (its sha256, whether it
         decodes) is kept for the next run (see `tl.manifest`); None keeps nothing. `recheck`: ignore
-        what was kept and examine every image again. `progress`: a progress bar for a long set-up pass."""
+        what was kept and examine every image again. `progress`: a progress bar for a long set-up pass.
+        `folds`, `fold`, `split_seed`: cross-validation over train/ and val/ together (tl/folds.py)."""
         check_value("data.on_bad_image", on_bad_image)
         self.root = Path(root).expanduser()
         self.batch_size = batch_size
@@ -68,6 +73,9 @@ class ImageFolderData:
         self.persistent_workers = persistent_workers and num_workers > 0
         self.classes = self._check_layout()
         self._samples = self._list_samples()  # split -> (path, class index), as ImageFolder lists them
+        self.folds = folds
+        if folds is not None:
+            self._samples = tl_folds.split(self._samples, self.classes, folds, fold, split_seed)
         manifest = Manifest(self.root, manifest_dir, image_problem, IMAGE_CHECK)
         self._records = self._examine(manifest, recheck, progress)  # path relative to the root -> FileRecord
         self.bad_images = sorted((path, record.problem) for path, record in self._records.items() if record.problem)
@@ -181,6 +189,9 @@ class ImageFolderData:
         dataset = datasets.ImageFolder(
             self.root / split, transform=transform, is_valid_file=self._is_loadable, allow_empty=True
         )
+        if self.folds is not None:  # the fold's images, from both folders
+            dataset.samples = dataset.imgs = [s for s in self._samples[split] if self._is_loadable(s[0])]
+            dataset.targets = [label for _, label in dataset.samples]
         # As ImageFolder's loader does, grey, palette, RGBA and CMYK images are converted to RGB.
         read = load_image if self.images is None else self.images.load
         dataset.loader = partial(read, min_side=min_side, interpolation=interpolation)

@@ -134,18 +134,28 @@ def plot_worst_misclassified(
     return figure
 
 
-def plot_sweep(rows: list[dict], metric: str = "best_val_acc") -> Figure:
-    """`metric` (a column of `rows`) for each job of a sweep, in the rows' order (best first)."""
-    figure = Figure(figsize=(8, 1.5 + 0.4 * len(rows)))
+def plot_sweep(configurations: list[dict], metric: str = "mean_best_val_acc") -> Figure:
+    """Each configuration of a sweep (tl/comparison.py rows, best first): `metric` as a bar, with its
+    error bar (one standard deviation over repeats, or a single run's 95% interval). Green: the best;
+    light green: those a paired test cannot tell from it."""
+    figure = Figure(figsize=(8, 1.5 + 0.45 * len(configurations)))
     axes = figure.subplots()
-    names = [row["run_name"] if len(row["run_name"]) <= 48 else row["run_name"][:45] + "..." for row in rows][::-1]
-    values = [row[metric] if row[metric] is not None else 0.0 for row in rows][::-1]
-    bars = axes.barh(names, values, color=["tab:green" if row["best"] else "tab:blue" for row in rows][::-1])
-    axes.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=3)
-    is_fraction = all(0 <= v <= 1 for v in values)  # accuracies: the whole 0..1 scale
-    axes.set_xlim(0, 1.1 if is_fraction else 1.15 * max(values, default=1.0) or 1.0)
+    rows = configurations[::-1]  # barh draws bottom up: the best on top
+    names = [row["configuration"] if len(row["configuration"]) <= 48 else row["configuration"][:45] + "..."
+             for row in rows]  # fmt: skip
+    values = [row[metric] for row in rows]
+    below = [row[metric] - row["error_low"] if row["error_low"] is not None else 0.0 for row in rows]
+    above = [row["error_high"] - row[metric] if row["error_high"] is not None else 0.0 for row in rows]
+    colors = ["tab:green" if row is configurations[0] else "yellowgreen" if row["indistinguishable_from_best"]
+              else "tab:blue" for row in rows]  # fmt: skip
+    bars = axes.barh(names, values, xerr=[below, above], capsize=4, color=colors)
+    labels = [f"{row[metric]:.3f} (n={row['n']})" for row in rows]
+    axes.bar_label(bars, labels=labels, padding=3, label_type="center", color="white", fontsize=8)
+    highest = max(row[metric] + error for row, error in zip(rows, above, strict=True))
+    is_fraction = all(0 <= v <= 1 for v in values) and highest <= 1  # accuracies: the whole 0..1 scale
+    axes.set_xlim(0, 1.05 if is_fraction else 1.15 * highest or 1.0)
     label = metric.replace("_", " ")
-    axes.set_xlabel(label)
-    axes.set_title(f"sweep: {label} per job")
+    axes.set_xlabel(f"{label}; error bars: sd over repeats, or the run's 95% interval")
+    axes.set_title(f"sweep: {label} per configuration")
     figure.tight_layout()
     return figure

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when what is stored, or how images are read, changes
+CACHE_FORMAT = 3  # bump when what is stored, or how images are read, changes
 PRECISION_NAMES = {"32": "fp32", "bf16": "bf16", "16-mixed": "fp16"}
 
 
@@ -109,12 +109,22 @@ def cache_key(
             "train_transform": repr(getattr(train_views, "transform", None)),
             "val_transform": repr(getattr(val_set, "transform", None)),
             "images": images_sha256,
+            # Which images are in which split, in order: cross-validation folds share the images' digest.
+            "splits": _samples_sha256(train_views, val_set),
             "precision": trainer.inference_precision,
             "memory_format": str(trainer.memory_format),
             "device": trainer.device.type,
             "torch": torch.__version__,
         }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _samples_sha256(*datasets: Dataset) -> str | None:
+    """A digest of each dataset's (path, label) list, for datasets that list their samples (ImageFolder)."""
+    if not all(hasattr(dataset, "samples") for dataset in datasets):
+        return None
+    listed = "\n".join(f"{path}\t{label}" for dataset in datasets for path, label in [*dataset.samples, ("", -1)])
+    return hashlib.sha256(listed.encode()).hexdigest()
 
 
 def cached_loaders(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import mlflow
 import torch
@@ -45,11 +47,25 @@ class Row:
     error: str | None = None
 
 
-def load_logged_model(model_uri: str) -> LoggedModel:
-    """The logged model at `model_uri`, with the metadata tl logged beside it; one-line errors otherwise."""
+def load_logged_model(model_uri: str, allow_pickle: bool = False) -> LoggedModel:
+    """The logged model at `model_uri`, with the metadata tl logged beside it; one-line errors otherwise.
+
+    Loaded only as a `torch.export` program (what tl logs), whose loading runs no code: the model's
+    files are fetched and looked at first, and a pickled model (unpickling can run any code that
+    whoever logged it put there) is refused unless `allow_pickle`. MLflow is also told not to unpickle
+    (MLFLOW_ALLOW_PICKLE_DESERIALIZATION), so it checks that the program's archive holds no pickle.
+    """
     try:
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
-        network = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        local = Path(mlflow.artifacts.download_artifacts(model_uri))
+        if not (local / "data" / "model.pt2").is_file() and not allow_pickle:
+            raise TLError(
+                f"model_uri={model_uri} is a pickled PyTorch model, and unpickling runs whatever code is in it; "
+                "tl loads torch.export models (what it logs) only: log the model again with tl, or set "
+                "allow_pickle=true if you trust everyone who can write to this model"
+            )
+        with mock.patch.dict(os.environ, {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": str(allow_pickle).lower()}):
+            network = mlflow.pytorch.load_model(str(local), map_location="cpu")
     except (MlflowException, OSError) as error:
         raise TLError(
             f"could not load model_uri={model_uri} from {mlflow.get_tracking_uri()} ({str(error).splitlines()[0]}); "

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from tl import checkpoints
+from tl import allowlist, checkpoints
 from tl.checkpoints import Checkpoint, TrainingState
 from tl.config import override_key
 from tl.errors import TLError
@@ -67,9 +67,12 @@ def effective_run(cfg: DictConfig, hydra: DictConfig) -> EffectiveRun:
         checkpoint_path = checkpoints.locate(cfg, lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri))
         resumed = checkpoints.load(checkpoint_path)
         config, choices = checkpoints.resumed_config(cfg.resume, overrides, resumed)
+        allowlist.check(config, allowlist.offered(*allowlist.project_config_dirs(hydra)), f"resume={cfg.resume}")
         return EffectiveRun(config, choices, overrides, hydra, checkpoint_path, resumed)
     if cfg.rerun:  # the original run's recorded config, not today's conf/ defaults
+        run_id = cfg.rerun
         cfg, choices = recorded_config(cfg, overrides)
+        allowlist.check(cfg, allowlist.offered(*allowlist.project_config_dirs(hydra)), f"rerun={run_id}")
     return EffectiveRun(cfg, choices, overrides, hydra, checkpoint_path)
 
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from tl.config import override_key
 from tl.errors import TLError
@@ -36,6 +37,8 @@ MANIFEST_ARTIFACT = "provenance/dataset_manifest.json"
 RERUN_OF_TAG = "tl.rerun_of"
 OUTPUT_DIR_TAG = "tl.output_dir"
 NO_WEIGHTS = "none (random init)"
+# Each validation image's prediction by a run's best weights; a sweep's paired test reads it (tl/sweep.py).
+VAL_PREDICTIONS_ARTIFACT = "evaluation/val_predictions.csv"
 LOCAL_STORE = "sqlite:///mlflow.db"  # tracking.fallback=local; also MLflow's default store
 # Run in a child process: the store this process will open (MLflow resolves `uri or its default` alike
 # in both, from the same environment and folder), created if it is new, under the store's lock.
@@ -70,6 +73,11 @@ def use_store(uri: str | None, experiment: str, fallback: str | None = None) -> 
     # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
     # the store that a plain `mlflow ui` opens in the same folder.
     wanted = uri or mlflow.get_tracking_uri()
+    if has_password(wanted):
+        raise TLError(
+            f"the tracking URI {redacted(wanted)} has a password in it, which would be logged with every run; "
+            "give it in MLFLOW_TRACKING_PASSWORD (with MLFLOW_TRACKING_USERNAME), or a token in MLFLOW_TRACKING_TOKEN"
+        )
     problem = _unreachable(wanted)
     if problem and fallback == "local":
         log.warning("the MLflow tracking server %s does not answer (%s); logging to %s instead", wanted, problem,
@@ -84,8 +92,35 @@ def use_store(uri: str | None, experiment: str, fallback: str | None = None) -> 
     if uri:
         mlflow.set_tracking_uri(uri)
     path = _sqlite_path(uri or mlflow.get_tracking_uri())
-    with _store_lock(path) if path and os.name != "nt" else contextlib.nullcontext():
-        return mlflow.set_experiment(experiment).experiment_id  # creates a new store's tables
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _store_lock(path) if path and os.name != "nt" else contextlib.nullcontext():
+            return mlflow.set_experiment(experiment).experiment_id  # creates a new store's tables
+    except MlflowException as error:
+        if error.get_http_status_code() not in (401, 403):
+            raise
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise TLError(
+            f"the MLflow tracking server {wanted} refused "
+            f"{f'the credentials of user {who}' if who else 'a request without credentials'} "
+            f"(HTTP {error.get_http_status_code()}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(or MLFLOW_TRACKING_TOKEN) to an account that may use the experiment"
+        ) from None  # the server's reply, not the request, in any traceback
+
+
+def has_password(uri: str) -> bool:
+    """Whether `uri` carries a password (`https://user:secret@host`)."""
+    return urlsplit(uri).password is not None
+
+
+def redacted(uri: str) -> str:
+    """`uri` with any password replaced by `***`, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
+                                     + (f":{parts.port}" if parts.port else "")))  # fmt: skip
 
 
 def _unreachable(uri: str) -> str | None:

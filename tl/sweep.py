@@ -8,6 +8,9 @@ module is light at import: MLflow and the plots are imported by the methods that
 from __future__ import annotations
 
 import atexit
+import csv
+import functools
+import io
 import logging
 import os
 import sys
@@ -21,7 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl.config import check_value
 from tl.errors import TLError
-from tl.runs import ERROR_TAG, FAILED_JOB_TAG, PARENT_RUN_ENV, SWEEP_KEYS_ENV, csv_text, run_name, use_store
+from tl.runs import (
+    ERROR_TAG,
+    FAILED_JOB_TAG,
+    PARENT_RUN_ENV,
+    SWEEP_KEYS_ENV,
+    VAL_PREDICTIONS_ARTIFACT,
+    csv_text,
+    run_name,
+    use_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +58,17 @@ class SweepParentRun(Callback):
         self.fallback = fallback
         self.monitor, self.mode = monitor, mode
         self.run_id: str | None = None
+        self.swept: list[str] = []  # the keys the sweep varies
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the parent run, and tell the jobs its id and the swept keys (environment variables)."""
         self._check_monitor()
         from mlflow.tracking import MlflowClient
 
-        experiment_id = use_store(self.uri, self.experiment, self.fallback)
+        try:
+            experiment_id = use_store(self.uri, self.experiment, self.fallback)
+        except TLError as error:  # a server that does not answer or refuses the login: before any job
+            sys.exit(f"error: {error}")
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = " ".join(config.hydra.overrides.task)
         run = MlflowClient().create_run(
@@ -65,6 +81,7 @@ class SweepParentRun(Callback):
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
         swept += list(OmegaConf.select(config, "hydra.sweeper.params") or {})  # e.g. Optuna's search space
+        self.swept = swept
         os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
         # A failed job makes Hydra's sweeper raise once all jobs have run, and then on_multirun_end is
         # not called: the parent is summarised and ended FAILED at exit instead, never left RUNNING.
@@ -78,7 +95,7 @@ class SweepParentRun(Callback):
             check_value("monitor", self.monitor)
             check_value("mode", self.mode)
         except TLError as error:
-            sys.exit(f"error: {error}")  # on stderr, exit status 1
+            sys.exit(f"error: {error}")  # on stderr, exit status 1 (Hydra would only warn of an exception)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """A failed job is listed on the parent, also one that failed before its own MLflow run began.
@@ -98,7 +115,8 @@ class SweepParentRun(Callback):
         self._end("FINISHED")
 
     def _summarise(self) -> None:
-        """On the parent: a CSV of every job and a comparison plot; the best job by `monitor` tagged on both."""
+        """On the parent: every job (summary.csv); every configuration with its spread and its test
+        against the best one (configurations.csv, comparison.png); the best job tagged; failures listed."""
         from mlflow.tracking import MlflowClient
 
         from tl import evaluation, metrics
@@ -136,15 +154,20 @@ class SweepParentRun(Callback):
         # Best first; jobs without the metric (failed) last.
         rows.sort(key=lambda row: (row[monitored] is not None, sign * (row[monitored] or 0)), reverse=True)
         scored = [row for row in rows if row["status"] == "FINISHED" and row[monitored] is not None]
+        child_metrics = {child.info.run_id: child.data.metrics for child in children}
+        configurations = self._compare(scored, monitored, way, child_metrics) if scored else []
+        # The best job: the best one of the best configuration (by its mean over repeats).
+        best_runs = set(configurations[0]["run_ids"].split()) if configurations else set()
+        best = next((row for row in scored if row["run_id"] in best_runs), None)
         for row in rows:
-            row["best"] = bool(scored) and row is scored[0]
-        if scored:
-            best = scored[0]
+            row["best"] = row is best
+        if best:
             client.set_tag(self.run_id, "tl.best_child", best["run_name"])
             client.set_tag(self.run_id, "tl.best_child_run_id", best["run_id"])
             client.set_tag(self.run_id, "tl.best_by", f"{self.monitor} ({way})")
             client.log_metric(self.run_id, monitored, best[monitored])
             client.set_tag(best["run_id"], "tl.best_in_sweep", "true")
+            self._tag_comparison(client, configurations, monitored)
             if self.register and self.alias:
                 (version,) = client.search_model_versions(f"name='{self.register}' and run_id='{best['run_id']}'")
                 client.set_registered_model_alias(self.register, self.alias, version.version)
@@ -153,7 +176,49 @@ class SweepParentRun(Callback):
                 )
         if rows:
             client.log_text(self.run_id, csv_text(rows), "sweep/summary.csv")
-            client.log_figure(self.run_id, evaluation.plot_sweep(rows, monitored), "sweep/comparison.png")
+        if configurations:
+            client.log_text(self.run_id, csv_text(configurations), "sweep/configurations.csv")
+            figure = evaluation.plot_sweep(configurations, f"mean_{monitored}")
+            client.log_figure(self.run_id, figure, "sweep/comparison.png")
+
+    def _compare(self, scored: list[dict], monitored: str, way: str, child_metrics: dict) -> list[dict]:
+        """The finished jobs as configurations (tl/comparison.py), best first."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from tl import comparison
+
+        @functools.cache
+        def correct_of(run_id: str) -> dict[str, bool] | None:
+            try:
+                text = mlflow.artifacts.load_text(f"runs:/{run_id}/{VAL_PREDICTIONS_ARTIFACT}")
+            except MlflowException:
+                return None  # a run logged by an earlier tl
+            return {row["path"]: row["correct"] == "True" for row in csv.DictReader(io.StringIO(text))}
+
+        def interval(run_id: str) -> tuple[float, float] | None:
+            low, high = (child_metrics[run_id].get(f"best_val_acc_ci_{end}") for end in ("low", "high"))
+            return (low, high) if self.monitor == "val_acc" and low is not None else None
+
+        jobs = [comparison.Job(row["run_id"], row["overrides"].split(), row[monitored], interval(row["run_id"]))
+                for row in scored]  # fmt: skip
+        return comparison.compare(jobs, self.swept, way, correct_of, monitored)
+
+    def _tag_comparison(self, client: Any, configurations: list[dict], monitored: str) -> None:
+        """Tags that say which configuration is best and which others the sweep cannot tell from it;
+        each configuration's mean, spread and test in the log."""
+        best = configurations[0]
+        tied = [f"{row['configuration']} (p={row['p_value_vs_best']:.3g})"
+                for row in configurations if row["indistinguishable_from_best"]]  # fmt: skip
+        client.set_tag(self.run_id, "tl.best_configuration", best["configuration"])
+        client.set_tag(self.run_id, "tl.indistinguishable_from_best", "; ".join(tied)[:5000] or "none")
+        for row in configurations:
+            std = row[f"std_{monitored}"]
+            spread = f" sd {std:.4f}" if std is not None else ""
+            p_value = row["p_value_vs_best"]
+            verdict = f"p={p_value:.3g} against the best, {row['test']}" if p_value is not None else row["test"]
+            log.info("%s: mean %s %.4f%s (n=%d); %s", row["configuration"], monitored, row[f"mean_{monitored}"],
+                     spread, row["n"], verdict)  # fmt: skip
 
     def _end(self, status: str) -> None:
         """Summarise the sweep on its parent run and end that run with `status` (FINISHED or FAILED)."""

@@ -21,9 +21,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from tl import evaluation, logged_model, metrics
+from tl import evaluation, logged_model, metrics, statistics
 from tl.config import check_value
 from tl.errors import TLError
+from tl.evaluation import Predictions
 from tl.interrupts import uninterrupted
 from tl.manifest import DatasetFingerprint
 from tl.models import Preprocess, TransferModel
@@ -36,6 +37,7 @@ from tl.runs import (
     MANIFEST_ARTIFACT,
     NO_WEIGHTS,
     OUTPUT_DIR_TAG,
+    VAL_PREDICTIONS_ARTIFACT,
     csv_text,
     run_name,
     use_store,
@@ -217,6 +219,7 @@ class MlflowTracker:
         names = [*metrics.VALIDATION_METRICS, result.monitor]
         mlflow.log_metrics({f"best_{name}": result.best[name] for name in names} | {"best_epoch": result.best_epoch})
         self._log_evaluation(result, classes, preprocess, val_set)
+        low, high = self._log_uncertainty(result.best_predictions, classes, val_set)
         about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights}
         checkpoint = {"state_dict": model.network.state_dict(), "best_epoch": result.best_epoch,
                       "best_metrics": result.best, "monitor": result.monitor, **about}  # fmt: skip
@@ -227,9 +230,29 @@ class MlflowTracker:
         example = torch.stack([val_set[i][0] for i in range(min(2, len(val_set)))])
         self.log_model(model.network, example, metadata=about)
         log.info(
-            "run %s: best %s %.4f (epoch %d); browse it with `mlflow ui` (store: %s)",
-            self.run_id, result.monitor, result.best_value, result.best_epoch, mlflow.get_tracking_uri(),
+            "run %s: best %s %.4f (epoch %d), val acc %.4f, 95%% interval %.4f-%.4f (n=%d); browse it with "
+            "`mlflow ui` (store: %s)", self.run_id, result.monitor, result.best_value, result.best_epoch,
+            result.best["val_acc"], low, high, len(result.best_predictions.labels), mlflow.get_tracking_uri(),
         )  # fmt: skip
+
+    def _log_uncertainty(self, predictions: Predictions, classes: list[str], val_set: Dataset) -> tuple[float, float]:
+        """95% intervals of the best weights' validation accuracy (Wilson) and macro F1 (bootstrap over
+        the images), from the predictions already made; and each image's prediction, which a sweep's
+        paired test reads (`evaluation/val_predictions.csv`). Returns the accuracy's interval."""
+        labels, predicted = predictions.labels.numpy(), predictions.predicted.numpy()
+        correct = predicted == labels
+        accuracy = statistics.wilson_interval(int(correct.sum()), len(correct))
+        f1 = statistics.bootstrap_interval(labels, predicted, lambda t, p: statistics.macro_f1(t, p, len(classes)))
+        mlflow.log_metrics({"best_val_acc_ci_low": accuracy[0], "best_val_acc_ci_high": accuracy[1],
+                            "macro_f1_ci_low": f1[0], "macro_f1_ci_high": f1[1]})  # fmt: skip
+        root = Path(val_set.root).parent  # the data's root: paths as in the dataset manifest
+        rows = [
+            {"path": Path(path).relative_to(root).as_posix(), "label": classes[label],
+             "predicted": classes[guess], "correct": bool(right)}
+            for (path, _), label, guess, right in zip(val_set.samples, labels, predicted, correct, strict=True)
+        ]  # fmt: skip
+        mlflow.log_text(csv_text(rows), VAL_PREDICTIONS_ARTIFACT)
+        return accuracy
 
     def _log_evaluation(self, result: FitResult, classes: list[str], preprocess: Preprocess, val_set: Dataset) -> None:
         """Confusion matrix, per-class table (and macro averages as metrics), curves, worst errors."""
