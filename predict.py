@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from tl.cli import exit_without_teardown
 from tl.errors import one_line_errors
 from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
+from tl.runs import refuse_password
 
 log = logging.getLogger("tl")
 
@@ -25,6 +26,7 @@ log = logging.getLogger("tl")
 def run(cfg: DictConfig) -> float | None:
     """Predict every image of `cfg.input` with `cfg.model_uri`, write the CSV; the accuracy if labelled."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tl has its own progress bar
+    refuse_password(cfg.tracking_uri or mlflow.get_tracking_uri())  # it would be printed with any error
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     model = load_logged_model(cfg.model_uri, allow_pickle=cfg.allow_pickle)

@@ -51,7 +51,9 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
     trained, fit_train, fit_val = strategy.fit_inputs(model, data, train_loader, val_loader, trainer)
     tracking = distributed.main_only(processes, run.tracker)  # only rank 0 logs
-    with tracking as tracker, run.checkpoint(tracker.run_id, writer=processes.is_main) as checkpoint:
+    # The checkpoint outlives the MLflow run: it is removed only once the run has ended FINISHED.
+    with run.checkpoint(writer=processes.is_main) as checkpoint, tracking as tracker:
+        checkpoint.record_run(tracker.run_id)
         tracker.log_start(run, provenance.code_state(ROOT), trainer.environment(), data.fingerprint(), model)
         result = trainer.fit(trained, strategy, optimizer, schedule, fit_train, fit_val, tracker, checkpoint=checkpoint)
         tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)

@@ -428,8 +428,12 @@ def test_a_server_with_logins_takes_runs_sweeps_and_predictions_with_the_right_p
     assert refused.returncode == 1 and "refused a request without credentials" in refused.stderr
     assert "#0 :" not in refused.stdout
     in_uri = url.replace("http://", f"http://admin:{password}@")
-    refused = tl(*tiny(image_folder), "epochs=1", env={"MLFLOW_TRACKING_URI": in_uri})
-    assert refused.returncode == 1 and "has a password in it" in refused.stderr
+    for args, script in (
+        (tiny(image_folder), "run.py"),
+        (["model_uri=models:/ants/1", f"input={image}"], "predict.py"),
+    ):
+        refused = tl(*args, env={"MLFLOW_TRACKING_URI": in_uri}, script=script)
+        assert refused.returncode == 1 and "has a password in it" in refused.stderr, script
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)

@@ -118,3 +118,27 @@ def test_predict_py_on_an_alias_of_a_pickled_model_exits_in_one_line_and_runs_no
     assert result.returncode == 1, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert "is a pickled PyTorch model" in line and not marker.exists()
+
+
+def test_a_torch_export_model_with_a_code_folder_or_a_pickle_beside_it_is_refused(tmp_path, logged_model_uri):
+    # MLflow's PyTorch flavour puts a model's `code` folder on sys.path and, when its data folder holds
+    # a model.pth, imports the pickle module named in pickle_module_info.txt: code of the model's author.
+    marker = tmp_path / "marker"
+    model = Path(mlflow.artifacts.download_artifacts(logged_model_uri, dst_path=str(tmp_path / "m")))
+    (model / "code").mkdir()
+    (model / "code" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (model / "data" / "model.pth").write_bytes(b"not read")
+    (model / "data" / "pickle_module_info.txt").write_text("evil")
+    mlmodel = (model / "MLmodel").read_text()
+    (model / "MLmodel").write_text(mlmodel.replace("model_data: data", "model_data: data\n    code: code"))
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model), "model")
+    with pytest.raises(TLError, match=r"is a pickled PyTorch model, and loading it could run"):
+        load_logged_model(f"runs:/{run.info.run_id}/model")
+    assert not marker.exists()
+    (model / "data" / "model.pth").unlink()
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model), "model")
+    with pytest.raises(TLError, match=r"carries a code folder, which MLflow would put on the import path"):
+        load_logged_model(f"runs:/{run.info.run_id}/model")
+    assert not marker.exists()

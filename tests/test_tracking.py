@@ -1,4 +1,6 @@
 import fcntl
+import http.server
+import threading
 import time
 from types import SimpleNamespace
 
@@ -12,7 +14,7 @@ from omegaconf import OmegaConf
 from tl.manifest import DatasetFingerprint
 from tl.models import efficientnet_lite0
 from tl.provenance import CodeState
-from tl.runs import _lock_path, create_store_in_background, use_store
+from tl.runs import _lock_path, _unreachable, create_store_in_background, use_store
 from tl.tracking import MlflowTracker, flatten, run_name
 
 
@@ -113,3 +115,21 @@ def locked(path) -> bool:
 def test_only_a_new_sqlite_store_is_created_in_the_background(uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert create_store_in_background(uri) is None
+
+
+def test_a_server_that_answers_health_with_a_login_request_counts_as_answering(tmp_path):
+    class AsksForALogin(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), AsksForALogin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _unreachable(f"http://127.0.0.1:{server.server_address[1]}") is None
+    finally:
+        server.shutdown()
+    assert _unreachable("http://127.0.0.1:9") is not None  # nothing listens there

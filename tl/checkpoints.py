@@ -90,6 +90,10 @@ class Checkpoint:
         self.writer = writer
         self.resume_from = resume_from
 
+    def record_run(self, run_id: str | None) -> None:
+        """The MLflow run the saved states belong to: the run a `resume=` continues."""
+        self.about["run_id"] = run_id
+
     @uninterrupted()
     def save(self, state: TrainingState) -> None:
         """Write `state` (with `about`) atomically."""

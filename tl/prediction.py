@@ -15,6 +15,7 @@ from unittest import mock
 
 import mlflow
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
 from tqdm.auto import tqdm
@@ -58,12 +59,8 @@ def load_logged_model(model_uri: str, allow_pickle: bool = False) -> LoggedModel
     try:
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
         local = Path(mlflow.artifacts.download_artifacts(model_uri))
-        if not (local / "data" / "model.pt2").is_file() and not allow_pickle:
-            raise TLError(
-                f"model_uri={model_uri} is a pickled PyTorch model, and unpickling runs whatever code is in it; "
-                "tl loads torch.export models (what it logs) only: log the model again with tl, or set "
-                "allow_pickle=true if you trust everyone who can write to this model"
-            )
+        if not allow_pickle:
+            _check_loads_without_code(local, model_uri)
         with mock.patch.dict(os.environ, {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": str(allow_pickle).lower()}):
             network = mlflow.pytorch.load_model(str(local), map_location="cpu")
     except (MlflowException, OSError) as error:
@@ -74,6 +71,29 @@ def load_logged_model(model_uri: str, allow_pickle: bool = False) -> LoggedModel
     if "classes" not in metadata or "preprocess" not in metadata:
         raise TLError(f"{model_uri} has no class names or preprocessing in its metadata: was it logged by tl?")
     return LoggedModel(network, list(metadata["classes"]), Preprocess(**metadata["preprocess"]))
+
+
+def _check_loads_without_code(model_dir: Path, model_uri: str) -> None:
+    """A TLError unless the model's files can be loaded without running code from them: MLflow's PyTorch
+    flavour puts a model's `code` folder on sys.path, and unpickles (importing the pickle module its
+    files name) any `model.pth` in its data folder; a torch.export program needs neither."""
+    flavor = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("pytorch") or {}
+    data = model_dir / "data"
+    if (data / "model.pth").is_file():
+        problem = "is a pickled PyTorch model"
+    elif flavor.get("code"):
+        problem = "carries a code folder, which MLflow would put on the import path"
+    elif flavor.get("model_data") != "data" or not (data / "model.pt2").is_file():
+        problem = "is not a torch.export model"
+    elif any(path.name != "model.pt2" for path in data.iterdir()):
+        problem = "holds files beside its torch.export program (a pickle or code)"
+    else:
+        return
+    raise TLError(
+        f"model_uri={model_uri} {problem}, and loading it could run whatever code is in it; tl loads the "
+        "torch.export models it logs only: log the model again with tl, or set allow_pickle=true if you trust "
+        "everyone who can write to this model"
+    )
 
 
 def list_inputs(path: Path) -> list[Row]:

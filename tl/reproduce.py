@@ -24,7 +24,15 @@ from tl.errors import TLError
 from tl.manifest import DatasetFingerprint
 from tl.models import TransferModel
 from tl.provenance import CodeState
-from tl.runs import CHOICES_ARTIFACT, CONFIG_ARTIFACT, MANIFEST_ARTIFACT, NO_WEIGHTS, OUTPUT_DIR_TAG, RERUN_OF_TAG
+from tl.runs import (
+    CHOICES_ARTIFACT,
+    CONFIG_ARTIFACT,
+    MANIFEST_ARTIFACT,
+    NO_WEIGHTS,
+    OUTPUT_DIR_TAG,
+    RERUN_OF_TAG,
+    refuse_password,
+)
 
 if TYPE_CHECKING:
     from tl.tracking import MlflowTracker
@@ -52,10 +60,10 @@ class EffectiveRun:
         """The run's MLflow tracker (tracking: in the config): a new run, or for resume= the one it continues."""
         return instantiate(self.config.tracking, overrides=self.overrides, run_id=self.run_id)
 
-    def checkpoint(self, run_id: str | None, writer: bool = True) -> Checkpoint:
+    def checkpoint(self, writer: bool = True) -> Checkpoint:
         """The run's checkpoint: what a resume continues from, and where each epoch is saved with this
-        config and `run_id`, for a later `resume=`."""
-        about = {"run_id": run_id, "config": OmegaConf.to_yaml(self.config), "choices": self.choices}
+        config (and the MLflow run, `Checkpoint.record_run`), for a later `resume=`."""
+        about = {"config": OmegaConf.to_yaml(self.config), "choices": self.choices}
         return Checkpoint(self.checkpoint_path, about, writer, resume_from=self.resumed)
 
 
@@ -63,10 +71,13 @@ def effective_run(cfg: DictConfig, hydra: DictConfig) -> EffectiveRun:
     """This command's config, or for `rerun=`/`resume=` the recorded one: what the run trains with."""
     overrides, choices = list(hydra.overrides.task), dict(hydra.runtime.choices)
     checkpoint_path = Path(hydra.runtime.output_dir, checkpoints.LAST)
+    refuse_password(cfg.tracking.uri or mlflow.get_tracking_uri())  # before any message names the store
     if cfg.resume:  # the run as it started, continued after its last finished epoch
         checkpoint_path = checkpoints.locate(cfg, lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri))
         resumed = checkpoints.load(checkpoint_path)
         config, choices = checkpoints.resumed_config(cfg.resume, overrides, resumed)
+        # This command's store, as for rerun=: a recorded URI could send the login to another host.
+        config.tracking.uri, config.tracking.fallback = cfg.tracking.uri, cfg.tracking.fallback
         allowlist.check(config, allowlist.offered(*allowlist.project_config_dirs(hydra)), f"resume={cfg.resume}")
         return EffectiveRun(config, choices, overrides, hydra, checkpoint_path, resumed)
     if cfg.rerun:  # the original run's recorded config, not today's conf/ defaults

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from tl.config import override_key
 from tl.errors import TLError
@@ -73,11 +73,7 @@ def use_store(uri: str | None, experiment: str, fallback: str | None = None) -> 
     # With no uri, MLflow's own default applies: MLFLOW_TRACKING_URI, else ./mlflow.db (sqlite),
     # the store that a plain `mlflow ui` opens in the same folder.
     wanted = uri or mlflow.get_tracking_uri()
-    if has_password(wanted):
-        raise TLError(
-            f"the tracking URI {redacted(wanted)} has a password in it, which would be logged with every run; "
-            "give it in MLFLOW_TRACKING_PASSWORD (with MLFLOW_TRACKING_USERNAME), or a token in MLFLOW_TRACKING_TOKEN"
-        )
+    refuse_password(wanted)
     problem = _unreachable(wanted)
     if problem and fallback == "local":
         log.warning("the MLflow tracking server %s does not answer (%s); logging to %s instead", wanted, problem,
@@ -109,28 +105,27 @@ def use_store(uri: str | None, experiment: str, fallback: str | None = None) -> 
         ) from None  # the server's reply, not the request, in any traceback
 
 
-def has_password(uri: str) -> bool:
-    """Whether `uri` carries a password (`https://user:secret@host`)."""
-    return urlsplit(uri).password is not None
-
-
-def redacted(uri: str) -> str:
-    """`uri` with any password replaced by `***`, for messages."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}"
-                                     + (f":{parts.port}" if parts.port else "")))  # fmt: skip
+def refuse_password(uri: str | None) -> None:
+    """A TLError, which does not echo it, if the tracking URI carries a password (`https://user:secret@host`):
+    tl logs and prints its tracking URI, and the password would go with it."""
+    if uri and urlsplit(uri).password is not None:
+        raise TLError(
+            "the tracking URI has a password in it, which would be logged and printed with every run; give it "
+            "in MLFLOW_TRACKING_PASSWORD (with MLFLOW_TRACKING_USERNAME), or a token in MLFLOW_TRACKING_TOKEN"
+        )
 
 
 def _unreachable(uri: str) -> str | None:
     """Why a tracking server does not answer (found now, before training, not after it); None if it does."""
     if not uri.startswith(("http://", "https://")):
         return None
-    import urllib.request  # here: it pulls in ssl and email, which a local store never needs
+    import urllib.error  # here: urllib.request pulls in ssl and email, which a local store never needs
+    import urllib.request
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+    except urllib.error.HTTPError:
+        return None  # it answers, if only to ask for a login: the next request says what it refuses
     except OSError as error:
         return str(error)
     return None
