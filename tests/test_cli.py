@@ -66,6 +66,10 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(froze
     tags = run.data.tags
     assert tags["tl.env.torch"] == torch.__version__ and tags["tl.env.device"] == "cpu" and tags["tl.env.cpu"]
     assert tags["tl.dataset_counts.train"] == "ants=6 bees=7 wasps=6" and len(tags["tl.dataset_sha256"]) == 64
+    (images,) = run.inputs.dataset_inputs  # the UI's "Dataset" column
+    assert (images.dataset.name, images.dataset.digest) == ("data", tags["tl.dataset_sha256"][:32])
+    accuracy = run.data.metrics["best_val_acc"]
+    assert accuracy == round(accuracy * 9) / 9  # 9 validation images: exactly k/9, as MLflow's UI shows it
     assert run.data.metrics["data_skipped_images"] == 1
     assert len(tags["tl.weights_sha256"]) == 64 and "efficientnet-lite0" in tags["tl.weights"]
     if (ROOT / ".git").exists():

@@ -31,3 +31,10 @@ def test_better_means_strictly_better_so_a_tie_keeps_the_earlier_epoch():
     assert metrics.is_better(0.5, None, "max") and metrics.is_better(0.5, None, "min")
     assert metrics.is_better(0.6, 0.5, "max") and not metrics.is_better(0.5, 0.5, "max")
     assert metrics.is_better(0.4, 0.5, "min") and not metrics.is_better(0.6, 0.5, "min")
+
+
+def test_accuracy_is_the_exact_fraction_not_a_float32_one():
+    labels = torch.zeros(400, dtype=torch.long)
+    logits = torch.zeros(400, 2)
+    logits[319:, 1] = 1.0  # 319 of 400 right
+    assert metrics.val_acc(Predictions(logits, labels)) == 319 / 400 == 0.7975

@@ -62,12 +62,15 @@ def test_logged_model_loads_and_predicts_any_batch_size(mlflow_uri):
 
 @pytest.mark.parametrize("skipped", [[], [("train/a/x.png", "truncated"), ("val/b/y.jpg", "not an image")]])
 def test_provenance_records_the_images_that_were_skipped(mlflow_uri, skipped):
-    dataset = DatasetFingerprint("0" * 64, {"train": {"a": 1}}, [("train/a/ok.png", 10, "1" * 64)], skipped)
+    dataset = DatasetFingerprint("0" * 64, {"train": {"a": 1}}, [("train/a/ok.png", 10, "1" * 64)], skipped, "/d/ants")
     model = SimpleNamespace(weights="none", weights_sha256=None)  # all log_provenance reads of a model
     with MlflowTracker(experiment="t", uri=mlflow_uri) as tracker:
         tracker.log_provenance(CodeState(None, False, ""), {"python": "3"}, dataset, model)
     run = MlflowClient(mlflow_uri).get_run(tracker.run_id)
     assert run.data.metrics["data_skipped_images"] == len(skipped)
+    (logged,) = run.inputs.dataset_inputs  # what the UI's "Dataset" column shows
+    assert (logged.dataset.name, logged.dataset.digest) == ("ants", "0" * 32)
+    assert '"/d/ants"' in logged.dataset.source
     manifest = mlflow.artifacts.load_dict(f"runs:/{tracker.run_id}/provenance/dataset_manifest.json")
     assert [tuple(row) for row in manifest["skipped"]] == skipped
     logged = [a.path for a in MlflowClient(mlflow_uri).list_artifacts(tracker.run_id, "provenance")]

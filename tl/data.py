@@ -163,7 +163,7 @@ class ImageFolderData:
                     files.append((relative, record.size, record.sha256))
         files.sort()
         digest = hashlib.sha256("".join(f"{p}\t{s}\t{h}\n" for p, s, h in files).encode()).hexdigest()
-        return DatasetFingerprint(digest, counts, files, list(self.bad_images))
+        return DatasetFingerprint(digest, counts, files, list(self.bad_images), str(self.root))
 
     def fingerprint(self) -> DatasetFingerprint:
         """A digest of every image the loaders read (relative path, size, content), class counts,

@@ -216,6 +216,7 @@ class DatasetFingerprint:
     counts: dict[str, dict[str, int]]  # split -> class -> images
     files: list[tuple[str, int, str]]  # (path relative to the root, bytes, sha256), sorted
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the root, reason), sorted
+    root: str = ""  # the folder holding the images (train/ and val/)
 
     def changes_from(self, other_files: list[tuple[str, int, str]]) -> list[str]:
         """What differs from another manifest: `+ added`, `- removed`, `~ changed` paths."""

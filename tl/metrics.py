@@ -30,8 +30,9 @@ def val_loss(predictions: Predictions) -> float:
 
 
 def val_acc(predictions: Predictions) -> float:
-    """Fraction of validation images whose top class is right."""
-    return (predictions.predicted == predictions.labels).float().mean().item()
+    """Fraction of validation images whose top class is right: the exact fraction (319/400 is 0.7975,
+    not float32's 0.79750001 that MLflow's UI would show)."""
+    return int((predictions.predicted == predictions.labels).sum()) / len(predictions.labels)
 
 
 # name -> (the function of the validation predictions, the direction that is better). A new metric is

@@ -198,11 +198,23 @@ class MlflowTracker:
         mlflow.log_dict(environment, "provenance/environment.json")
         manifest = {"sha256": dataset.sha256, "counts": dataset.counts, "files": dataset.files}
         mlflow.log_dict({**manifest, "skipped": dataset.skipped}, MANIFEST_ARTIFACT)
+        self._log_dataset_inputs(dataset)
         # Logged as 0 too, so that runs can be compared and filtered on it.
         mlflow.log_metric("data_skipped_images", len(dataset.skipped))
         if dataset.skipped:
             rows = [{"path": path, "reason": reason} for path, reason in dataset.skipped]
             mlflow.log_text(csv_text(rows), "provenance/skipped_images.csv")
+
+    @staticmethod
+    def _log_dataset_inputs(dataset: DatasetFingerprint) -> None:
+        """The images as the run's MLflow dataset input (the UI's "Dataset" column): named by their folder,
+        its digest the first 32 hex digits of `tl.dataset_sha256` (MLflow keeps at most 36 characters)."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        source = LocalArtifactDatasetSource(dataset.root or ".")
+        images = MetaDataset(source, name=Path(dataset.root).name or "images", digest=dataset.sha256[:32])
+        mlflow.log_input(images, context="training and validation")
 
     @uninterrupted()
     def warn_if_changed(
