@@ -59,7 +59,7 @@ def old_fingerprint(data: ImageFolderData) -> DatasetFingerprint:
                 files.append((relative, Path(path).stat().st_size, file_sha256(Path(path))))
     files.sort()
     digest = hashlib.sha256("".join(f"{p}\t{s}\t{h}\n" for p, s, h in files).encode()).hexdigest()
-    return DatasetFingerprint(digest, counts, files, list(data.bad_images))
+    return DatasetFingerprint(digest, counts, files, list(data.bad_images), str(data.root))
 
 
 @pytest.fixture
