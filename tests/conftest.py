@@ -5,12 +5,14 @@ The plain helpers they use, and other test modules share, are in helpers.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from tests.helpers import add_bad_images, make_image_folder
+from tests.servers import postgres_server
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +35,13 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One PostgreSQL server for the session (tests/servers.py): its URL; each test creates its own database."""
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -23,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
+from tests.servers import start_mlflow_server
 from tl import evaluation
 from tl.statistics import paired_t_test
 
@@ -341,36 +337,6 @@ def mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def start_mlflow_server(
-    tmp_path: Path, attempts: int = 3, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen, str]:
-    # A port found free can be taken by another process before the server binds it: then the server
-    # exits, and it is started again on another port.
-    log_path = tmp_path / "server.log"
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                   "--artifacts-destination", str(tmp_path / "server_artifacts"), *extra]  # fmt: skip
-        with log_path.open("w") as log:
-            server = subprocess.Popen(
-                [str(Path(sys.executable).parent / command[0]), *command[1:]], stdout=log, stderr=log,
-                cwd=tmp_path, env={**os.environ, **(env or {})},
-            )  # fmt: skip
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                    return server, url
-            except OSError:
-                time.sleep(0.5)
-        server.terminate()
-        server.wait(timeout=30)
-    pytest.fail(f"mlflow server did not start: {log_path.read_text()[-2000:]}")
 
 
 def test_training_registry_and_prediction_against_a_real_tracking_server(tmp_path, image_folder, mlflow_server):

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ENV = "TL_MLFLOW_PARENT_RUN_ID"
 SWEEP_KEYS_ENV = "TL_SWEEP_KEYS"
 ERROR_TAG = "tl.error"
+PROCESS_TAG = "tl.process"  # host:pid of the process writing a run (or running an Optuna trial)
 FAILED_JOB_TAG = "tl.failed_job."  # + the job's number, on a sweep's parent run
 # Artifacts and tags that rerun= and resume= read back (tl/reproduce.py).
 CONFIG_ARTIFACT = "config/config.yaml"
@@ -55,6 +57,25 @@ def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
     if sweep_keys:
         overrides = [o for o in overrides if override_key(o) in sweep_keys]
     return ",".join(overrides) or "defaults"
+
+
+def this_process() -> str:
+    """host:pid of this process, as PROCESS_TAG records it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead(process: str | None) -> bool:
+    """Whether `process` (host:pid) is known to have stopped: only a process on this host can be looked at."""
+    host, _, pid = (process or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, run by another user
+    return False
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -28,10 +28,12 @@ from tl.runs import (
     ERROR_TAG,
     FAILED_JOB_TAG,
     PARENT_RUN_ENV,
+    PROCESS_TAG,
     SWEEP_KEYS_ENV,
     VAL_PREDICTIONS_ARTIFACT,
     csv_text,
     run_name,
+    this_process,
     use_store,
 )
 
@@ -74,7 +76,7 @@ class SweepParentRun(Callback):
         run = MlflowClient().create_run(
             experiment_id,
             run_name=f"sweep {overrides}".strip(),
-            tags={"tl.sweep_dir": str(sweep_dir.resolve()), "tl.overrides": overrides},
+            tags={"tl.sweep_dir": str(sweep_dir.resolve()), "tl.overrides": overrides, PROCESS_TAG: this_process()},
         )
         self.run_id = run.info.run_id
         os.environ[PARENT_RUN_ENV] = self.run_id

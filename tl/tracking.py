@@ -37,9 +37,11 @@ from tl.runs import (
     MANIFEST_ARTIFACT,
     NO_WEIGHTS,
     OUTPUT_DIR_TAG,
+    PROCESS_TAG,
     VAL_PREDICTIONS_ARTIFACT,
     csv_text,
     run_name,
+    this_process,
     use_store,
 )
 from tl.trainer import FitResult
@@ -83,6 +85,9 @@ class MlflowTracker:
         alias: str | None = None,
         fallback: str | None = None,
         run_id: str | None = None,
+        optuna_study: str | None = None,
+        optuna_storage: str | None = None,
+        optuna_trial: str | None = None,
     ) -> None:
         check_value("tracking.fallback", fallback)
         self.experiment = experiment
@@ -93,16 +98,21 @@ class MlflowTracker:
         self.fallback = fallback
         self.run_name = run_name(overrides or [], sweep_keys.split(",") if sweep_keys else None)
         self.run_id = run_id  # given: continue that run (resume=)
+        # The process writing the run (a later sweep ends the run FAILED if it died), and an Optuna
+        # trial's study and number (tl/search.py finds the study's runs and tags its best by them).
+        trial = {"tl.optuna_study": optuna_study, "tl.optuna_storage": optuna_storage, "tl.optuna_trial": optuna_trial}
+        self.tags = {PROCESS_TAG: this_process()}
+        self.tags.update({key: str(value) for key, value in trial.items() if value is not None})
 
     def __enter__(self) -> MlflowTracker:
         use_store(self.uri, self.experiment, self.fallback)
         if self.run_id:
             self._check_resumable(self.run_id)
-            run = mlflow.start_run(run_id=self.run_id)
+            run = mlflow.start_run(run_id=self.run_id, tags=self.tags)
             if ERROR_TAG in run.data.tags:  # from the attempt that failed; this one may not
                 MlflowClient().delete_tag(self.run_id, ERROR_TAG)
         else:
-            run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id)
+            run = mlflow.start_run(run_name=self.run_name, parent_run_id=self.parent_run_id, tags=self.tags)
         self.run_id = run.info.run_id
         log.info("MLflow run %s (%s) in %s", self.run_id, run.info.run_name, mlflow.get_tracking_uri())
         return self

@@ -1,0 +1,263 @@
+"""tl's Optuna sweeper (tl/search.py, tl/studies.py): search spaces, stored studies and their checks, trials
+of a sweeper that died; end to end, studies continued, shared by two sweepers in PostgreSQL, and a sweeper
+killed mid-trial; and an MLflow server whose store is PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from tests.helpers import ROOT, run_cli, runs, tiny
+from tests.servers import create_database, free_port, start_mlflow_server
+from tl import studies
+from tl.errors import TLError
+from tl.runs import PROCESS_TAG
+from tl.search import BEST_TAG, STUDY_TAG, TRIAL_TAG, search_space
+
+SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+
+
+def test_the_search_space_grammar_is_hydra_optuna_sweepers_and_the_command_line_fixes_a_searched_key():
+    space, fixed = search_space([
+        "lr=tag(log, interval(1e-4, 1e-1))", "strategy=choice(finetune, frozen)", "epochs=range(1, 4)",
+        "batch_size=int(interval(4, 16))", "momentum=interval(0.8, 0.99)", "strategy=frozen", "seed=3",
+    ])  # fmt: skip
+    assert space == {
+        "lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "epochs": IntDistribution(1, 3),  # range() excludes its stop
+        "batch_size": IntDistribution(4, 16),
+        "momentum": FloatDistribution(0.8, 0.99),
+    }
+    assert fixed == ["strategy=frozen", "seed=3"]
+    space, _ = search_space(["strategy=choice(finetune, frozen)"])
+    assert space == {"strategy": CategoricalDistribution(["finetune", "frozen"])}
+
+
+def test_a_stored_study_is_continued_only_with_its_space_metric_and_direction(tmp_path):
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=None)
+    study = studies.open_study(storage, "s", "maximize", SPACE, "val_acc", optuna.samplers.RandomSampler())
+    study.tell(study.ask(SPACE), 0.5)
+    again = studies.open_study(storage, "s", "maximize", SPACE, "val_acc", optuna.samplers.RandomSampler())
+    assert len(again.trials) == 1
+    refusals = [
+        (("minimize", SPACE, "val_acc"), "study 's' maximizes val_acc, and this search would minimize val_acc"),
+        (("maximize", SPACE, "train_acc"), "study 's' maximizes val_acc, and this search would maximize train_acc"),
+        (("maximize", {"lr": FloatDistribution(1e-3, 1e-1, log=True)}, "val_acc"), "searches another space (lr differ"),
+        (("maximize", {**SPACE, "epochs": IntDistribution(1, 3)}, "val_acc"), "epochs is not searched"),
+    ]
+    for (direction, space, objective), reason in refusals:
+        with pytest.raises(TLError, match="hydra.sweeper.study_name") as refused:
+            studies.open_study(storage, "s", direction, space, objective, optuna.samplers.RandomSampler())
+        assert reason in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_storages_that_cannot_be_used_are_named_in_one_line_without_their_password(tmp_path):
+    port = free_port()  # nothing listens there
+    with pytest.raises(TLError, match=rf"the Optuna storage postgresql://tl@127.0.0.1:{port}/optuna cannot be used"):
+        studies.open_storage(f"postgresql://tl@127.0.0.1:{port}/optuna", heartbeat_interval=None)
+    with pytest.raises(TLError, match="has a password in it") as refused:
+        studies.open_storage("postgresql://tl:s3cret@127.0.0.1/optuna", heartbeat_interval=None)
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(TLError, match="is not a database URL"):
+        studies.open_storage("optuna.db", heartbeat_interval=None)
+    with pytest.raises(TLError, match="does not exist"):
+        studies.open_storage(f"journal:{tmp_path / 'no' / 'optuna.log'}", heartbeat_interval=None)
+
+
+def test_a_journal_file_keeps_a_study_between_commands(tmp_path):
+    url = f"journal:{tmp_path / 'optuna.log'}"
+    study = studies.open_study(studies.open_storage(url, None), "s", "minimize", SPACE, "val_loss",
+                               optuna.samplers.RandomSampler())  # fmt: skip
+    study.tell(study.ask(SPACE), 0.25)
+    again = studies.open_study(studies.open_storage(url, None), "s", "minimize", SPACE, "val_loss",
+                               optuna.samplers.RandomSampler())  # fmt: skip
+    assert [trial.value for trial in again.trials] == [0.25]
+    assert studies.storage_location(url) == f"journal:{tmp_path / 'optuna.log'}"
+
+
+def test_running_trials_of_a_stopped_sweeper_are_failed_and_others_are_left_running(tmp_path):
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
+    study = studies.open_study(storage, "s", "maximize", SPACE, "val_acc", optuna.samplers.RandomSampler())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owners = {
+        "dead here": f"{socket.gethostname()}:{gone.pid}",
+        "alive here": f"{socket.gethostname()}:{os.getpid()}",
+        "elsewhere": "another-host:1",
+        "elsewhere, silent": "another-host:2",
+    }
+    trials = {}
+    for name, owner in owners.items():
+        trials[name] = study.ask(SPACE)
+        trials[name].set_user_attr(PROCESS_TAG, owner)
+    for name in ("alive here", "elsewhere"):
+        storage.record_heartbeat(trials[name]._trial_id)
+    storage.record_heartbeat(trials["elsewhere, silent"]._trial_id)
+    time.sleep(3.2)  # past the grace period of two heartbeat intervals (the database keeps whole seconds)
+    for name in ("alive here", "elsewhere"):
+        storage.record_heartbeat(trials[name]._trial_id)
+    failed = studies.fail_abandoned_trials(study)
+    assert sorted(trial.number for trial in failed) == [trials["dead here"].number, trials["elsewhere, silent"].number]
+    states = {name: study.trials[trial.number].state for name, trial in trials.items()}
+    assert states == {"dead here": TrialState.FAIL, "alive here": TrialState.RUNNING,
+                      "elsewhere": TrialState.RUNNING, "elsewhere, silent": TrialState.FAIL}  # fmt: skip
+
+
+# End to end: the issue's command, on tiny images.
+
+
+def search(image_folder: Path, storage: str, *extra: str) -> list[str]:
+    """The README's stored-study command on tiny images: run.py's arguments."""
+    return ["-m", "hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=shared",
+            "strategy=frozen", *tiny(image_folder), *extra]  # fmt: skip
+
+
+def trial_states(storage: str) -> list[str]:
+    return [trial.state.name for trial in optuna.load_study(study_name="shared", storage=storage).trials]
+
+
+def read_only_states(path: Path) -> list[str]:
+    """The trials' states as the sweeper writes them, read without opening the study (which would write)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
+            return [state for (state,) in database.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.Error:  # not yet created
+        return []
+
+
+def assert_every_trial_has_one_run_and_the_best_is_tagged(storage: str, mlflow_uri: str) -> None:
+    """Each finished trial of the study has exactly one finished MLflow run; the best trial's run, and
+    no other, is tagged as the study's best; no run is left RUNNING."""
+    study = optuna.load_study(study_name="shared", storage=storage)
+    logged = runs(mlflow_uri)
+    assert not [r for r in logged if r.info.status == "RUNNING"]
+    trial_runs = [r for r in logged if TRIAL_TAG in r.data.tags]
+    finished = sorted(t.number for t in study.trials if t.state == TrialState.COMPLETE)
+    assert sorted(int(r.data.tags[TRIAL_TAG]) for r in trial_runs if r.info.status == "FINISHED") == finished
+    assert all(r.data.tags[STUDY_TAG] == "shared" for r in trial_runs)
+    for run in trial_runs:  # each run's logged value is its trial's
+        trial = study.trials[int(run.data.tags[TRIAL_TAG])]
+        if run.info.status == "FINISHED":
+            assert run.data.metrics["best_val_acc"] == pytest.approx(trial.value)
+            assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+    (best,) = [r for r in trial_runs if r.data.tags.get(BEST_TAG) == "true"]
+    assert best.data.tags[TRIAL_TAG] == str(study.best_trial.number)
+
+
+@pytest.mark.slow
+def test_the_same_command_again_adds_trials_to_the_stored_study_and_a_mismatch_stops_it_in_one_line(
+    tmp_path, image_folder, mlflow_uri
+):
+    storage = "sqlite:///optuna.db"  # relative, as in the README: in the folder the command runs in
+    args = search(image_folder, storage, "hydra.sweeper.n_trials=2", "epochs=1")
+    for _ in range(2):
+        result = run_cli(*args, cwd=tmp_path, mlflow_uri=mlflow_uri)
+        assert result.returncode == 0, result.stderr[-3000:]
+    stored = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert trial_states(stored) == ["COMPLETE"] * 4
+    assert_every_trial_has_one_run_and_the_best_is_tagged(stored, mlflow_uri)
+    lrs = [t.params["lr"] for t in optuna.load_study(study_name="shared", storage=stored).trials]
+    assert len(set(lrs)) == 4  # the second command did not propose the first one's values again
+
+    refused = run_cli(*args, "monitor=val_loss", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: study 'shared' maximizes val_acc, and this search would minimize val_loss; set monitor= and mode= "
+        "as the study was begun, or name another study with hydra.sweeper.study_name"
+    )
+    assert "Traceback" not in refused.stderr and len(trial_states(stored)) == 4
+    unreachable = run_cli(*search(image_folder, f"postgresql://tl@127.0.0.1:{free_port()}/optuna"),
+                          cwd=tmp_path, mlflow_uri=mlflow_uri)  # fmt: skip
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert "error: the Optuna storage postgresql://tl@127.0.0.1:" in unreachable.stderr.strip().splitlines()[-1]
+    assert {r.info.status for r in runs(mlflow_uri)} == {"FINISHED", "FAILED"}  # the refused sweeps' parents
+
+
+@pytest.mark.slow
+def test_two_sweepers_started_at_once_share_a_postgresql_study_and_a_new_mlflow_store(
+    tmp_path, image_folder, mlflow_uri, postgres
+):
+    storage = create_database(postgres, "shared_study")
+    args = search(image_folder, storage, "hydra.sweeper.n_trials=3", "epochs=1")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}  # a store that does not exist yet
+    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    command = [sys.executable, str(ROOT / "run.py"), *args]
+    sweepers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]  # fmt: skip
+    for sweeper in sweepers:
+        _, stderr = sweeper.communicate(timeout=600)
+        assert sweeper.returncode == 0, stderr[-3000:]
+        assert "OperationalError" not in stderr
+    assert trial_states(storage) == ["COMPLETE"] * 6
+    assert_every_trial_has_one_run_and_the_best_is_tagged(storage, mlflow_uri)
+    parents = [r for r in runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2 and all(p.data.tags[STUDY_TAG] == "shared" for p in parents)
+    for parent in parents:  # each sweeper kept its parent run, with its own three trials under it
+        children = [r for r in runs(mlflow_uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 3
+
+
+@pytest.mark.slow
+def test_a_sweeper_killed_mid_trial_is_continued_by_the_same_command(tmp_path, image_folder, mlflow_uri):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = search(image_folder, storage, "hydra.sweeper.n_trials=3", "epochs=3")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    sweeper = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sweeper.poll() is None:  # until trial 1 runs: trial 0 is done
+        if read_only_states(tmp_path / "optuna.db")[:2] == ["COMPLETE", "RUNNING"]:
+            break
+        time.sleep(0.2)
+    time.sleep(1.5)  # into the trial's training
+    sweeper.send_signal(signal.SIGKILL)
+    sweeper.wait()
+    assert trial_states(storage) == ["COMPLETE", "RUNNING"]
+
+    result = run_cli(*args, cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trial 1 of study 'shared' was running when its sweeper" in result.stdout + result.stderr
+    assert trial_states(storage) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert_every_trial_has_one_run_and_the_best_is_tagged(storage, mlflow_uri)
+    killed = [r for r in runs(mlflow_uri) if r.info.status == "FAILED"]
+    assert {r.data.tags.get(TRIAL_TAG) for r in killed} == {"1", None}  # the killed trial's run and its parent
+    assert all("stopped while it ran" in r.data.tags["tl.error"] for r in killed)
+
+
+@pytest.mark.slow
+def test_a_run_logged_to_an_mlflow_server_whose_store_is_postgresql_keeps_everything(tmp_path, image_folder, postgres):
+    server, url = start_mlflow_server(tmp_path, backend_store_uri=create_database(postgres, "mlflow"))
+    try:
+        result = run_cli(*tiny(image_folder), "epochs=2", "strategy=frozen", "tracking.register=ants", cwd=tmp_path,
+                         mlflow_uri=url)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = runs(url)
+        assert run.info.status == "FINISHED" and run.data.params["strategy"] == "frozen"
+        history = MlflowClient(url).get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == [1, 2]
+        artifacts = {a.path for a in MlflowClient(url).list_artifacts(run.info.run_id)}
+        assert {"config", "evaluation", "checkpoints"} <= artifacts
+        mlflow.set_tracking_uri(url)
+        model_uri = "models:/ants/1"
+        assert mlflow.models.get_model_info(model_uri).run_id == run.info.run_id
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "model")))
+        assert (local / "MLmodel").is_file()  # the logged model (MLflow 3 keeps it beside the run's artifacts)
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.terminate()
+        server.wait(timeout=30)
