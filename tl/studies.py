@@ -132,8 +132,9 @@ def open_study(
         )
     if kept[SPACE_ATTR] != wanted:
         differ = sorted(key for key in {**kept[SPACE_ATTR], **wanted} if kept[SPACE_ATTR].get(key) != wanted.get(key))
+        in_study = _describe(kept[SPACE_ATTR], differ)
         raise TLError(
-            f"{where} searches another space ({', '.join(differ)} differ: {_describe(kept[SPACE_ATTR], differ)}); "
+            f"{where} searches another space ({', '.join(differ)} differ; in the study, {in_study}); "
             "search the space it was begun with, or name another study with hydra.sweeper.study_name"
         )
     return study
@@ -141,9 +142,12 @@ def open_study(
 
 def _describe(space: dict[str, Any], keys: list[str]) -> str:
     """The study's side of the keys that differ, briefly."""
-    said = [f"{key} is {space[key]['name']}{space[key]['attributes']}" if key in space else f"{key} is not searched"
-            for key in keys]  # fmt: skip
-    return "; ".join(said)
+
+    def shown(distribution: dict[str, Any]) -> str:  # FloatDistribution(low=0.0001, high=0.1, log=True)
+        given = ", ".join(f"{name}={value}" for name, value in distribution["attributes"].items() if value is not None)
+        return f"{distribution['name']}({given})"
+
+    return "; ".join(f"{key} is {shown(space[key])}" if key in space else f"{key} is not searched" for key in keys)
 
 
 def fail_abandoned_trials(study: optuna.Study) -> list[FrozenTrial]:
