@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from tl.cli import exit_without_teardown
 from tl.errors import one_line_errors
-from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
+from tl.prediction import list_inputs, load_logged_model, predict_to_csv
 from tl.runs import refuse_password
 
 log = logging.getLogger("tl")
@@ -30,16 +30,14 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     model = load_logged_model(cfg.model_uri, allow_pickle=cfg.allow_pickle)
-    rows = predict(model, list_inputs(Path(cfg.input).expanduser()), cfg.batch_size)
+    rows = list_inputs(Path(cfg.input).expanduser())
     output = Path(cfg.output or Path(HydraConfig.get().runtime.output_dir, "predictions.csv"))
-    write_csv(rows, output)
-    unreadable = [row for row in rows if row.error]
-    for row in unreadable:
-        log.warning("could not read %s: %s", row.path, row.error)
-    score = accuracy(rows)
+    threads = (os.cpu_count() or 1) if cfg.threads == "auto" else int(cfg.threads)
+    tally = predict_to_csv(model, rows, output, cfg.batch_size, threads)
+    score = tally.accuracy
     log.info(
         "predicted %d image(s), %d unreadable%s; wrote %s",
-        len(rows) - len(unreadable), len(unreadable),
+        tally.predicted, tally.unreadable,
         f"; accuracy {score:.4f} against the folder labels" if score is not None else "", output,
     )  # fmt: skip
     return score

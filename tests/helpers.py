@@ -110,3 +110,20 @@ def add_bad_images(image_folder: Path) -> Path:
     Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).convert("CMYK").save(cmyk)
     assert Image.open(cmyk).mode == "CMYK"
     return image_folder
+
+
+def log_untrained_model(classes: list[str], image_size: int = 32) -> str:
+    """EfficientNet-Lite0 with a new (untrained) head for `classes`, logged as tl logs a run's model to a
+    new run of the current store's experiment `t`: its model URI."""
+    from dataclasses import asdict
+
+    import torch
+
+    from tl.models import efficientnet_lite0
+    from tl.tracking import MlflowTracker
+
+    model = efficientnet_lite0(num_classes=len(classes))
+    metadata = {"classes": classes, "preprocess": asdict(model.preprocess.at_size(image_size))}
+    with MlflowTracker(experiment="t") as tracker:
+        tracker.log_model(model.network, torch.randn(2, 3, image_size, image_size), metadata=metadata)
+    return f"runs:/{tracker.run_id}/model"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def _benchmark_module(name: str):
 
 compare = _benchmark_module("compare")
 overhead = _benchmark_module("overhead")
+serving = _benchmark_module("serving")
 
 
 def test_ratios_are_to_the_tutorial_loop_of_the_same_scenario():
@@ -212,3 +214,16 @@ def test_overhead_times_a_first_and_a_repeat_run_and_writes_the_table(tmp_path):
     assert set(report["bars"]) == {"data_set_up_repeat_s", "tutorial_to_first_batch_s",
                                    "data_set_up_minus_tutorial_s", "wrap_up_first_s", "wrap_up_repeat_s"}  # fmt: skip
     assert "| tl frozen, repeat (1 epoch) |" in finished.stdout and report["machine"]["cpu"] in finished.stdout
+
+
+def test_the_serving_benchmark_counts_the_memory_of_every_process_of_the_tree():
+    before, _ = serving.tree_memory(os.getpid())
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; x = bytearray(300 * 2**20); "
+                               "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        holder.stdout.readline()  # its 300 MiB are written
+        total, largest = serving.tree_memory(os.getpid())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert total - before > 250 * 2**20 and largest >= 300 * 2**20

@@ -16,7 +16,8 @@ from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_fold
 from tl.errors import TLError
 from tl.images import DecodedImages, load_image
 from tl.models import Preprocess
-from tl.prediction import LoggedModel, Row, predict
+from tl.prediction import Row, predict
+from tl.pyfunc_model import Classifier
 
 PRE = Preprocess(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -330,7 +331,7 @@ def test_validation_and_prediction_read_an_image_alike(tmp_path):
             given.append(images)
             return torch.zeros(len(images), 2)
 
-    predict(LoggedModel(Recorder(), ["ants", "bees"], data.preprocess(PRE)), [Row(str(photo))], batch_size=1)
+    predict(Classifier(Recorder(), ["ants", "bees"], data.preprocess(PRE)), [Row(str(photo))], batch_size=1)
     assert torch.equal(given[0][0], val.dataset[index][0])
 
 

@@ -1,4 +1,5 @@
 import contextlib
+import csv
 from dataclasses import asdict
 from pathlib import Path
 
@@ -7,24 +8,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import make_image_folder, run_cli
+from tests.helpers import log_untrained_model, make_image_folder, run_cli
 from tl.errors import TLError
 from tl.models import efficientnet_lite0
-from tl.prediction import accuracy, list_inputs, load_logged_model, predict, write_csv
-from tl.tracking import MlflowTracker
+from tl.prediction import list_inputs, load_logged_model, predict, predict_to_csv
 
 CLASSES = ["ants", "bees", "wasps"]
 
 
 @pytest.fixture
 def logged_model_uri(mlflow_uri):
-    model = efficientnet_lite0(num_classes=3)
-    preprocess = model.preprocess.at_size(32)
-    with MlflowTracker(experiment="t") as tracker:
-        tracker.log_model(
-            model.network, torch.randn(2, 3, 32, 32), metadata={"classes": CLASSES, "preprocess": asdict(preprocess)}
-        )
-    return f"runs:/{tracker.run_id}/model"
+    return log_untrained_model(CLASSES)
 
 
 def test_folder_with_class_subfolders_is_labelled_and_a_flat_folder_is_not(tmp_path):
@@ -56,8 +50,9 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(tmp_path, logged_m
     assert set(errors) == {"notes.txt", "empty.jpg", "truncated.png"}
     predicted = [row for row in rows if not row.error]
     assert len(predicted) == 6 and all(r.prediction in CLASSES and 0 < r.probability <= 1 for r in predicted)
-    assert accuracy(rows) == sum(r.prediction == r.label for r in predicted) / 6
-    write_csv(rows, tmp_path / "out.csv")
+    tally = predict_to_csv(model, list_inputs(root), tmp_path / "out.csv", batch_size=4, threads=1)
+    assert (tally.predicted, tally.unreadable) == (6, 3)
+    assert tally.accuracy == sum(r.prediction == r.label for r in predicted) / 6
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines[0] == "path,prediction,probability,label,error" and len(lines) == 10
 
@@ -121,24 +116,49 @@ def test_predict_py_on_an_alias_of_a_pickled_model_exits_in_one_line_and_runs_no
 
 
 def test_a_torch_export_model_with_a_code_folder_or_a_pickle_beside_it_is_refused(tmp_path, logged_model_uri):
-    # MLflow's PyTorch flavour puts a model's `code` folder on sys.path and, when its data folder holds
-    # a model.pth, imports the pickle module named in pickle_module_info.txt: code of the model's author.
+    # MLflow's PyTorch flavour puts a model's `code` folder on sys.path and, when its data folder (tl's:
+    # `artifacts`) holds a model.pth, imports the pickle module named in pickle_module_info.txt: code of
+    # the model's author.
     marker = tmp_path / "marker"
     model = Path(mlflow.artifacts.download_artifacts(logged_model_uri, dst_path=str(tmp_path / "m")))
     (model / "code").mkdir()
     (model / "code" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    (model / "data" / "model.pth").write_bytes(b"not read")
-    (model / "data" / "pickle_module_info.txt").write_text("evil")
+    (model / "artifacts" / "model.pth").write_bytes(b"not read")
+    (model / "artifacts" / "pickle_module_info.txt").write_text("evil")
     mlmodel = (model / "MLmodel").read_text()
-    (model / "MLmodel").write_text(mlmodel.replace("model_data: data", "model_data: data\n    code: code"))
+    (model / "MLmodel").write_text(mlmodel.replace("model_data: artifacts", "model_data: artifacts\n    code: code"))
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(model), "model")
     with pytest.raises(TLError, match=r"is a pickled PyTorch model, and loading it could run"):
         load_logged_model(f"runs:/{run.info.run_id}/model")
     assert not marker.exists()
-    (model / "data" / "model.pth").unlink()
+    (model / "artifacts" / "model.pth").unlink()
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(model), "model")
     with pytest.raises(TLError, match=r"carries a code folder, which MLflow would put on the import path"):
         load_logged_model(f"runs:/{run.info.run_id}/model")
     assert not marker.exists()
+
+
+def test_predictions_stream_to_a_partial_file_that_a_stopped_run_resumes(tmp_path, logged_model_uri):
+    root = make_image_folder(tmp_path / "d", {"val": 3}) / "val"
+    (root / "ants" / "notes.txt").write_text("not an image")
+    model = load_logged_model(logged_model_uri)
+    rows = list_inputs(root)
+    output = tmp_path / "out" / "predictions.csv"
+    # A run stopped after two images, the second line cut short: what it finished is kept, not redone.
+    done = f"path,prediction,probability,label,error\n{rows[0].path},wasps,0.25,ants,\n{rows[1].path},be"
+    output.parent.mkdir()
+    (tmp_path / "out" / "predictions.csv.partial").write_text(done)
+    tally = predict_to_csv(model, rows, output, batch_size=4, threads=2)
+    assert not (tmp_path / "out" / "predictions.csv.partial").exists()
+    lines = list(csv.DictReader(output.open()))
+    assert [line["path"] for line in lines] == [rows[0].path] + [row.path for row in rows[1:]]
+    assert lines[0]["prediction"] == "wasps" and lines[0]["probability"] == "0.25"
+    assert tally.predicted == 9 and tally.unreadable == 1 and tally.labelled == 9
+    # The same answers as one batch at a time on all torch threads (the run above: two at a time, one thread each).
+    again = {row.path: row for row in predict(model, list_inputs(root), batch_size=3)}
+    for line in lines[1:]:
+        row = again[line["path"]]
+        assert line["prediction"] == (row.prediction or "") and line["error"] == (row.error or "")
+        assert float(line["probability"] or 0) == pytest.approx(row.probability or 0, abs=1e-6)

@@ -1,15 +1,19 @@
 import fcntl
 import http.server
+import io
 import threading
 import time
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from PIL import Image
 
 from tl.manifest import DatasetFingerprint
 from tl.models import efficientnet_lite0
@@ -48,16 +52,28 @@ def test_logged_model_loads_and_predicts_any_batch_size(mlflow_uri):
     model = efficientnet_lite0(num_classes=4)
     model.network.eval()
     example = torch.randn(2, 3, 32, 32)
+    metadata = {"classes": ["a", "b", "c", "d"], "preprocess": asdict(model.preprocess.at_size(32))}
     with MlflowTracker(experiment="t", uri=mlflow_uri) as tracker:
-        tracker.log_model(model.network, example, metadata={"classes": ["a", "b", "c", "d"]})
+        tracker.log_model(model.network, example, metadata=metadata)
+    # The tensor-in form: the network itself, for any batch size.
     loaded = mlflow.pytorch.load_model(f"runs:/{tracker.run_id}/model")
     batch = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         expected = model.network(batch)
         np.testing.assert_allclose(loaded(batch).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+    # The pyfunc: image files in, one answer per image out.
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{tracker.run_id}/model")
-    assert pyfunc.predict(batch.numpy()).shape == (5, 4)
+    answers = pyfunc.predict(pd.DataFrame({"image": [png_bytes(i) for i in range(5)]}))
+    assert list(answers.columns) == ["label", "probability", "top_k", "error"] and len(answers) == 5
+    assert set(answers["label"]) <= {"a", "b", "c", "d"} and answers["error"].isna().all()
     assert pyfunc.metadata.metadata["classes"] == ["a", "b", "c", "d"]
+
+
+def png_bytes(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    file = io.BytesIO()
+    Image.fromarray(pixels).save(file, "PNG")
+    return file.getvalue()
 
 
 @pytest.mark.parametrize("skipped", [[], [("train/a/x.png", "truncated"), ("val/b/y.jpg", "not an image")]])

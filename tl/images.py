@@ -1,5 +1,6 @@
-"""Image files: whether one can be read as RGB (the set-up pass's check), reading one at the size a
-model needs, and decoded images kept in memory that the DataLoader workers share."""
+"""Image files: whether one can be read as RGB (the set-up pass's check), and decoded images kept in
+memory that the DataLoader workers share. Reading one at the size a model needs is `load_image`, from
+tl/pyfunc_model.py (the logged model's own code), re-exported here."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import PIL
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
 
+# Reading an image at the size needed is part of the logged model (it travels with it), so it lives there.
+from tl.pyfunc_model import load_image
+
 log = logging.getLogger(__name__)
 
 # Modes whose values go past 8 bits: converting them to RGB clips them, so the picture is lost.
@@ -22,28 +26,6 @@ HIGH_BIT_DEPTH_MODES = {"I;16": "16-bit", "I": "32-bit integer", "F": "32-bit fl
 # What a manifest's check results depend on: records made with another are checked again.
 # Bump the number when `image_problem` changes what it returns.
 IMAGE_CHECK = f"image_problem 1, Pillow {PIL.__version__}"
-
-
-def load_image(path: str, min_side: int | None = None, interpolation: str = "bilinear") -> Image.Image:
-    """The image at `path` in RGB (as ImageFolder's loader gives it), its shorter side scaled down to
-    `min_side` when longer, with `interpolation` (torchvision's name; antialiased, as torchvision's
-    Resize of a PIL image). Training, validation, the feature cache and prediction read images
-    through this one function, so a model is validated on the pixels it will be given.
-
-    A JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still leaves its shorter side at `min_side`
-    or more (libjpeg's DCT scaling, Pillow's `draft`, as `Image.thumbnail` does): the work of a decode
-    falls with the pixels it produces, so a 12-megapixel photo read for a 224 px model decodes about
-    ten times faster, and the scale-down after it starts from a smaller image."""
-    with open(path, "rb") as file:
-        image = Image.open(file)
-        if min_side is not None:
-            image.draft("RGB", (min_side, min_side))  # a no-op for other formats
-        image = image.convert("RGB")
-    if min_side is not None and min(image.size) > min_side:
-        scale = min_side / min(image.size)
-        size = (round(image.width * scale), round(image.height * scale))
-        image = image.resize(size, pil_modes_mapping[InterpolationMode(interpolation)])
-    return image
 
 
 class DecodedImages:

@@ -1,15 +1,23 @@
-"""Predict with a model that tl logged to MLflow: any model URI, an image file or a folder.
+"""Predict with a model that tl logged to MLflow: any model URI, an image file or a folder of any size.
 
 The model carries its class names and evaluation preprocessing in its MLflow metadata, so the
-images are transformed exactly as in validation, not re-guessed.
+images are transformed exactly as in validation, not re-guessed, by the same code the served model
+runs (tl/pyfunc_model.py): predict.py and `mlflow models serve` give the same answers. A folder is
+streamed: a few batches at a time, on every core, with the CSV written as it goes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -17,24 +25,13 @@ import mlflow
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
-from PIL import Image
 from tqdm.auto import tqdm
 
 from tl.errors import TLError
-from tl.images import load_image
 from tl.models import Preprocess
-from tl.transforms import eval_transform
+from tl.pyfunc_model import Classifier
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoggedModel:
-    """A model logged by tl, loaded back: the network, its class names and the preprocessing it expects."""
-
-    network: torch.nn.Module
-    classes: list[str]
-    preprocess: Preprocess
 
 
 @dataclass
@@ -48,12 +45,14 @@ class Row:
     error: str | None = None
 
 
-def load_logged_model(model_uri: str, allow_pickle: bool = False) -> LoggedModel:
+def load_logged_model(model_uri: str, allow_pickle: bool = False) -> Classifier:
     """The logged model at `model_uri`, with the metadata tl logged beside it; one-line errors otherwise.
 
-    Loaded only as a `torch.export` program (what tl logs), whose loading runs no code: the model's
-    files are fetched and looked at first, and a pickled model (unpickling can run any code that
-    whoever logged it put there) is refused unless `allow_pickle`. MLflow is also told not to unpickle
+    The network is loaded only as a `torch.export` program (what tl logs), whose loading runs no code, and
+    the images are read by tl's own tl/pyfunc_model.py: the copy of that file stored with the model (what
+    `mlflow.pyfunc.load_model` and `mlflow models serve` run) is not executed here. The model's files are
+    fetched and looked at first, and a pickled model (unpickling can run any code that whoever logged it
+    put there) is refused unless `allow_pickle`. MLflow is also told not to unpickle
     (MLFLOW_ALLOW_PICKLE_DESERIALIZATION), so it checks that the program's archive holds no pickle.
     """
     try:
@@ -70,22 +69,29 @@ def load_logged_model(model_uri: str, allow_pickle: bool = False) -> LoggedModel
         ) from error
     if "classes" not in metadata or "preprocess" not in metadata:
         raise TLError(f"{model_uri} has no class names or preprocessing in its metadata: was it logged by tl?")
-    return LoggedModel(network, list(metadata["classes"]), Preprocess(**metadata["preprocess"]))
+    return Classifier(network, list(metadata["classes"]), Preprocess(**metadata["preprocess"]))
+
+
+# The files a torch.export model tl logged may hold beside its program, in its flavour's `model_data`
+# folder: `classifier.json` is data (the class names and preprocessing the pyfunc reads).
+PROGRAM_FOLDER_FILES = {"model.pt2", "classifier.json"}
 
 
 def _check_loads_without_code(model_dir: Path, model_uri: str) -> None:
-    """A TLError unless the model's files can be loaded without running code from them: MLflow's PyTorch
-    flavour puts a model's `code` folder on sys.path, and unpickles (importing the pickle module its
-    files name) any `model.pth` in its data folder; a torch.export program needs neither."""
+    """A TLError unless the network can be loaded without running code from the model's files: MLflow's
+    PyTorch flavour puts a model's `code` folder on sys.path, and unpickles (importing the pickle module its
+    files name) any `model.pth` in its data folder; a torch.export program needs neither. (tl's models also
+    carry their pyfunc's Python file, which `predict.py` never runs: it reads images with tl's own copy.)"""
     flavor = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("pytorch") or {}
-    data = model_dir / "data"
+    # `artifacts` since the model became a pyfunc too (tl/logged_model.py); `data` before.
+    data = model_dir / str(flavor.get("model_data", "data"))
     if (data / "model.pth").is_file():
         problem = "is a pickled PyTorch model"
     elif flavor.get("code"):
         problem = "carries a code folder, which MLflow would put on the import path"
-    elif flavor.get("model_data") != "data" or not (data / "model.pt2").is_file():
+    elif flavor.get("model_data") not in ("artifacts", "data") or not (data / "model.pt2").is_file():
         problem = "is not a torch.export model"
-    elif any(path.name != "model.pt2" for path in data.iterdir()):
+    elif any(path.name not in PROGRAM_FOLDER_FILES for path in data.iterdir()):
         problem = "holds files beside its torch.export program (a pickle or code)"
     else:
         return
@@ -108,42 +114,135 @@ def list_inputs(path: Path) -> list[Row]:
     return [Row(str(f), label=f.parent.name if labelled else None) for f in files]
 
 
-def predict(model: LoggedModel, rows: list[Row], batch_size: int) -> list[Row]:
+def predict(model: Classifier, rows: Sequence[Row], batch_size: int, threads: int = 1) -> list[Row]:
     """Fill in prediction and probability; rows whose image cannot be read get an error instead."""
-    transform = eval_transform(model.preprocess)
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    for batch in tqdm(batches, desc="predicting", unit="batch", disable=None):
-        readable, tensors = [], []
-        for row in batch:
-            try:
-                # Read as validation read it: the pixels the model's validation accuracy was measured on.
-                pre = model.preprocess
-                tensors.append(transform(load_image(str(row.path), pre.resize_size, pre.interpolation)))
-                readable.append(row)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                row.error = f"{type(error).__name__}: {error}"
-        if not tensors:
-            continue
-        with torch.no_grad():
-            probabilities = model.network(torch.stack(tensors)).softmax(1)
-        confidence, index = probabilities.max(1)
-        for row, p, i in zip(readable, confidence.tolist(), index.tolist(), strict=True):
-            row.prediction, row.probability = model.classes[i], p
-    return rows
+    return [row for batch in predict_batches(model, rows, batch_size, threads) for row in batch]
 
 
-def write_csv(rows: list[Row], output: Path) -> None:
-    """One CSV line per image: path, prediction, probability (label when known) and error."""
-    labelled = any(row.label is not None for row in rows)
-    columns = ["path", "prediction", "probability", *(["label"] if labelled else []), "error"]
+def predict_batches(model: Classifier, rows: Sequence[Row], batch_size: int, threads: int) -> Iterator[list[Row]]:
+    """`rows` filled in, batch by batch, in order. `threads` batches are worked on at a time, each read and
+    run through the network on one core (torch's own threads set to one meanwhile): on a CPU, small batches
+    side by side go faster than one batch spread over every core, whose threads wait for each other at every
+    layer (`benchmarks/serving.py`). Memory holds 2 x `threads` batches at the most, however many rows."""
+    batches = (list(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
+    if threads <= 1:
+        yield from map(partial(_predict_batch, model), batches)
+        return
+    with _torch_threads(1), ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[list[Row]]] = deque()
+        for batch in batches:
+            pending.append(pool.submit(_predict_batch, model, batch))
+            if len(pending) == 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _predict_batch(model: Classifier, batch: list[Row]) -> list[Row]:
+    # Read as validation read them: the pixels the model's validation accuracy was measured on.
+    for row, answer in zip(batch, model.classify([row.path for row in batch], k=1), strict=True):
+        if isinstance(answer, str):
+            row.error = answer
+        else:
+            row.prediction, row.probability = answer[0]["label"], answer[0]["probability"]
+    return batch
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class Tally:
+    """What a prediction run has done so far: images predicted, unreadable, and right against their folder."""
+
+    predicted: int = 0
+    unreadable: int = 0
+    labelled: int = 0
+    correct: int = 0
+
+    def add(self, row: Row) -> None:
+        """Count one finished row."""
+        if row.error:
+            self.unreadable += 1
+            return
+        self.predicted += 1
+        if row.label is not None:
+            self.labelled += 1
+            self.correct += row.label == row.prediction
+
+    @property
+    def accuracy(self) -> float | None:
+        """The share of labelled images predicted right; None when no image has a label."""
+        return self.correct / self.labelled if self.labelled else None
+
+
+def predict_to_csv(model: Classifier, rows: Sequence[Row], output: Path, batch_size: int, threads: int) -> Tally:
+    """Predict `rows` into the CSV `output`, written as it goes (bounded memory, whatever the number of
+    images), with a progress bar on a terminal.
+
+    The lines go to `<output>.partial`, flushed after every batch, renamed to `output` at the end: `output`
+    is never half written. A run that was stopped leaves its `.partial`; the next run with the same
+    `output` (and the same columns) keeps its lines and predicts only the images it has not done."""
+    columns = _columns(rows)
+    unfinished = output.with_name(output.name + ".partial")
+    tally, done = Tally(), _rows_done(unfinished, columns)
+    for row in done.values():
+        tally.add(row)
+    todo = [row for row in rows if row.path not in done]
+    if done:
+        log.info("resuming %s: %d image(s) already predicted, %d to go", unfinished, len(done), len(todo))
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", newline="") as f:
+    with unfinished.open("w", newline="") as f, tqdm(
+        total=len(rows), initial=len(rows) - len(todo), desc="predicting", unit="image", disable=None
+    ) as progress:  # fmt: skip
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(vars(row) for row in rows)
+        writer.writerows(vars(row) for row in done.values())  # written again: drops a line cut short
+        f.flush()
+        started = time.perf_counter()
+        for batch in predict_batches(model, todo, batch_size, threads):
+            writer.writerows(vars(row) for row in batch)
+            f.flush()
+            for row in batch:
+                tally.add(row)
+                if row.error:
+                    log.warning("could not read %s: %s", row.path, row.error)
+            progress.update(len(batch))
+    seconds = time.perf_counter() - started
+    log.info("read and predicted %d image(s) in %.1f s: %.0f images/s", len(todo), seconds, len(todo) / seconds)
+    unfinished.replace(output)
+    return tally
 
 
-def accuracy(rows: list[Row]) -> float | None:
-    """The share of labelled images predicted right; None when no image has a label."""
-    scored = [row for row in rows if row.label is not None and row.prediction is not None]
-    return sum(row.label == row.prediction for row in scored) / len(scored) if scored else None
+def _columns(rows: Sequence[Row]) -> list[str]:
+    labelled = any(row.label is not None for row in rows)
+    return ["path", "prediction", "probability", *(["label"] if labelled else []), "error"]
+
+
+def _rows_done(unfinished: Path, columns: list[str]) -> dict[str, Row]:
+    """The rows an interrupted run wrote to `unfinished`, by path; none when there is no such file or its
+    columns differ (it is then written anew). A last line cut short by the interruption is dropped."""
+    if not unfinished.is_file():
+        return {}
+    with unfinished.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != columns:
+            return {}
+        lines = [line for line in reader if None not in line.values() and None not in line]
+    return {
+        line["path"]: Row(
+            line["path"],
+            line.get("label") or None,
+            line["prediction"] or None,
+            float(line["probability"]) if line["probability"] else None,
+            line["error"] or None,
+        )
+        for line in lines
+    }

@@ -3,10 +3,14 @@ normalisation are never typed twice. Training, validation, the feature cache and
 
 from __future__ import annotations
 
-import torch
 from torchvision.transforms import v2
 
 from tl.models import Preprocess
+
+# The evaluation transform is part of the logged model (it travels with it), so it lives there.
+from tl.pyfunc_model import eval_transform, to_normalised_tensor
+
+__all__ = ["eval_transform", "train_transform"]
 
 
 def train_transform(preprocess: Preprocess, crop_scale: tuple[float, float]) -> v2.Compose:
@@ -16,22 +20,6 @@ def train_transform(preprocess: Preprocess, crop_scale: tuple[float, float]) -> 
         [
             v2.RandomResizedCrop(preprocess.input_size, scale=crop_scale, interpolation=interpolation),
             v2.RandomHorizontalFlip(),
-            *_to_normalised_tensor(preprocess),
+            *to_normalised_tensor(preprocess),
         ]
     )
-
-
-def eval_transform(preprocess: Preprocess) -> v2.Compose:
-    """Resize and centre crop as the weights expect: for validation and for prediction."""
-    interpolation = v2.InterpolationMode(preprocess.interpolation)
-    return v2.Compose(
-        [
-            v2.Resize(preprocess.resize_size, interpolation=interpolation),
-            v2.CenterCrop(preprocess.input_size),
-            *_to_normalised_tensor(preprocess),
-        ]
-    )
-
-
-def _to_normalised_tensor(preprocess: Preprocess) -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess.mean, preprocess.std)]
