@@ -1,3 +1,7 @@
+import copy
+import threading
+import time
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -63,6 +67,34 @@ def test_features_on_disk_are_reused_by_the_next_run_instead_of_computed(tmp_pat
     monkeypatch.setattr(features, "extract", lambda *args, **kwargs: pytest.fail("features computed again"))
     second_train, second_val = _cached(model, data, tmp_path / "features")
     for first, second in ((first_train, second_train), (first_val, second_val)):
+        for ours, theirs in zip(first.dataset.tensors, second.dataset.tensors, strict=True):
+            assert torch.equal(ours, theirs)
+
+
+def test_parallel_jobs_that_need_the_same_features_compute_them_once(tmp_path, monkeypatch):
+    model = efficientnet_lite0(num_classes=3)
+    data = image_folder(str(make_image_folder(tmp_path / "data")), batch_size=4, image_size=32)
+    computed, compute = [], features._compute
+
+    def slow_compute(*args, **kwargs):
+        computed.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other job to reach the cache while this one computes
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(features, "_compute", slow_compute)
+    start, results = threading.Barrier(2), {}
+
+    def job(name: str, own_model) -> None:  # each job its own model, as each process has
+        start.wait()
+        results[name] = _cached(own_model, data, tmp_path / "features")
+
+    jobs = [threading.Thread(target=job, args=(name, copy.deepcopy(model))) for name in ("a", "b")]
+    for thread in jobs:
+        thread.start()
+    for thread in jobs:
+        thread.join(timeout=120)
+    assert len(computed) == 1  # the other job waited, then loaded what the first computed
+    for first, second in zip(results["a"], results["b"], strict=True):
         for ours, theirs in zip(first.dataset.tensors, second.dataset.tensors, strict=True):
             assert torch.equal(ours, theirs)
 

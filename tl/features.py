@@ -25,6 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from tl.checkpoints import atomic_save
+from tl.locks import one_at_a_time
 from tl.models import TransferModel
 from tl.provenance import state_dict_sha256
 
@@ -145,37 +146,46 @@ def cached_loaders(
     if cache_dir is not None and images_sha256 is not None:
         key = cache_key(model, train_views, val_set, images_sha256, trainer)
         path = Path(cache_dir).expanduser() / f"{key}.pt"
-    stored = _load(path)
-    if stored is not None:
-        train, val = TensorDataset(*stored["train"]), TensorDataset(*stored["val"])
+    stored, computed = _load(path), False
+    if stored is None:
+        # Parallel sweep jobs that need the same features: the first computes them, the others wait and
+        # load them (two computing at once on the same cores would each take twice as long).
+        with one_at_a_time(path.with_suffix(".lock") if path is not None else None):
+            stored = _load(path)  # computed by another job while this one waited
+            if stored is None:
+                stored, computed = _compute(model, train_views, val_set, train_loader, trainer), True
+                if path is not None:
+                    atomic_save(stored, path)
+    train, val = TensorDataset(*stored["train"]), TensorDataset(*stored["val"])
+    if not computed:
         log.info("loaded %d train and %d val feature vectors from %s", len(train), len(val), path)
-    else:
-        options = {"num_workers": train_loader.num_workers, "pin_memory": train_loader.pin_memory}
-        if train_loader.num_workers > 0:
-            options["multiprocessing_context"] = train_loader.multiprocessing_context
-        run = {"device": trainer.device, "autocast": trainer.inference_autocast, "memory_format": trainer.memory_format}
-        batch_size = extract_batch_size(trainer.device, train_views[0][0][0].numel())
-        log.info(
-            "computing the backbone's features of %d train and %d val images (%s, batch %d)",
-            len(train_views), len(val_set), PRECISION_NAMES[trainer.inference_precision], batch_size,
-        )  # fmt: skip
-        shown = trainer.progress and trainer.processes.is_main
-        # One pass over both splits: one set of loader workers and one warm-up, not two.
-        both = extract(model, ConcatDataset([train_views, val_set]), batch_size, loader_options=options,
-                       progress="features" if shown else None, **run)  # fmt: skip
-        split = len(train_views)
-        train, val = (
-            TensorDataset(*(t[part] for t in both.tensors)) for part in (slice(None, split), slice(split, None))
-        )
-        size = train.tensors[0].shape[1]
-        log.info("cached %d train and %d val feature vectors of size %d", len(train), len(val), size)
-        if path is not None:
-            atomic_save({"train": list(train.tensors), "val": list(val.tensors)}, path)
     return (
         DataLoader(train, batch_size=train_loader.batch_size, shuffle=True, generator=train_loader.generator,
                    drop_last=train_loader.drop_last),
         DataLoader(val, batch_size=val_loader.batch_size, shuffle=False),
     )  # fmt: skip
+
+
+def _compute(
+    model: TransferModel, train_views: Dataset, val_set: Dataset, train_loader: DataLoader, trainer: Trainer
+) -> dict[str, list[torch.Tensor]]:
+    """The backbone's features (and labels) of both splits, in one pass."""
+    options = {"num_workers": train_loader.num_workers, "pin_memory": train_loader.pin_memory}
+    if train_loader.num_workers > 0:
+        options["multiprocessing_context"] = train_loader.multiprocessing_context
+    run = {"device": trainer.device, "autocast": trainer.inference_autocast, "memory_format": trainer.memory_format}
+    batch_size = extract_batch_size(trainer.device, train_views[0][0][0].numel())
+    log.info(
+        "computing the backbone's features of %d train and %d val images (%s, batch %d)",
+        len(train_views), len(val_set), PRECISION_NAMES[trainer.inference_precision], batch_size,
+    )  # fmt: skip
+    shown = trainer.progress and trainer.processes.is_main
+    # One pass over both splits: one set of loader workers and one warm-up, not two.
+    both = extract(model, ConcatDataset([train_views, val_set]), batch_size, loader_options=options,
+                   progress="features" if shown else None, **run)  # fmt: skip
+    split = len(train_views)
+    log.info("cached %d train and %d val feature vectors of size %d", split, len(val_set), both.tensors[0].shape[1])
+    return {"train": [t[:split] for t in both.tensors], "val": [t[split:] for t in both.tensors]}
 
 
 def _load(path: Path | None) -> dict[str, list[torch.Tensor]] | None:

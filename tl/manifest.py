@@ -25,24 +25,20 @@ Contract:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock, see Manifest._building
-    fcntl = None
+from tl.locks import one_at_a_time
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +81,9 @@ class Manifest:
         records, stale = self._match(paths, kept)
         if not stale:
             return records
-        with self._building():
+        # Parallel sweep jobs or torchrun ranks that start together wait for the first and find its
+        # records, so each file is decoded and hashed once in all.
+        with one_at_a_time(self.path.with_suffix(".lock") if self.path is not None else None):
             if not recheck and self.path is not None:  # what another process built while this one waited
                 kept = self._load()
                 records, stale = self._match(paths, kept)
@@ -108,26 +106,6 @@ class Manifest:
             else:
                 stale.append(path)
         return records, stale
-
-    @contextlib.contextmanager
-    def _building(self) -> Iterator[None]:
-        """One process at a time examines files for this manifest: parallel sweep jobs or torchrun ranks
-        that start together wait for the first, then find its records, so each file is decoded and
-        hashed once in all. The lock is advisory (POSIX `flock`); where there is none, or the folder
-        cannot be written, each process examines the files itself, which is slower but as correct."""
-        lock = None
-        if self.path is not None and fcntl is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held across the yield)
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
-            except OSError:
-                lock = None
-        try:
-            yield
-        finally:
-            if lock is not None:
-                lock.close()
 
     def _examine_all(
         self, stale: list[str], records: dict[str, FileRecord], kept: dict[str, FileRecord], progress: bool
