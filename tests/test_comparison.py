@@ -50,3 +50,20 @@ def test_a_sweep_over_seeds_alone_is_one_configuration_and_folds_are_repeats_too
     job = Job("x", ["seed=2", "data.fold=3", "lr=0.1"], 0.5)
     assert configuration_of(job, ["seed"]) == "defaults"
     assert configuration_of(job, ["lr", "data.fold"]) == "lr=0.1"
+
+
+def test_several_configurations_against_the_best_are_judged_on_holm_adjusted_p_values():
+    # Three challengers on 20 shared images; McNemar's p against the best: 2/2^5 = 0.0625 (b=0, c=5),
+    # 2/2^6 = 0.03125 and 2/2^7 = 0.015625. Holm: 3 * 0.015625 = 0.047, 2 * 0.03125 = 0.0625, then 0.0625.
+    best = {f"{i}.png": True for i in range(20)}
+    wrong = {name: {f"{i}.png": i >= k for i in range(20)} for name, k in (("b", 5), ("c", 6), ("d", 7))}
+    jobs = [Job("a", ["lr=0.1"], 1.0)] + [Job(n, [f"lr=0.{k}"], 1 - k / 20) for n, k in (("b", 5), ("c", 6), ("d", 7))]
+    rows = compare(jobs, ["lr"], "max", {"a": best, **wrong}.get, "best_val_acc")
+    by_name = {row["configuration"]: row for row in rows}
+    raw = [by_name[f"lr=0.{k}"]["p_value_vs_best"] for k in (5, 6, 7)]
+    assert raw == pytest.approx([0.0625, 0.03125, 0.015625])
+    adjusted = [by_name[f"lr=0.{k}"]["p_value_vs_best_holm"] for k in (5, 6, 7)]
+    assert adjusted == pytest.approx([0.0625, 0.0625, 0.046875])
+    # lr=0.6 is below 0.05 on its own but not once tested alongside the others.
+    verdicts = [by_name[f"lr=0.{k}"]["indistinguishable_from_best"] for k in (5, 6, 7)]
+    assert verdicts == [True, True, False]

@@ -57,3 +57,10 @@ def test_the_paired_t_test_is_scipys_and_needs_two_pairs():
     assert statistics.paired_t_test(first, second) == pytest.approx(2 * stats.t.sf(t, 2))
     assert statistics.paired_t_test([0.8], [0.7]) is None
     assert statistics.paired_t_test([0.8, 0.7], [0.8, 0.7]) == 1.0
+
+
+def test_holms_adjustment_multiplies_the_smallest_by_the_number_of_tests_and_keeps_the_order():
+    # By hand: sorted 0.01, 0.03, 0.04 of m=3 -> 0.03, 0.06, max(0.06, 0.04) = 0.06; None is not a test.
+    assert statistics.holm([0.04, 0.01, None, 0.03]) == pytest.approx([0.06, 0.03, None, 0.06])
+    assert statistics.holm([0.5, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert statistics.holm([0.02]) == [0.02] and statistics.holm([None]) == [None] and statistics.holm([]) == []

@@ -5,7 +5,9 @@ row gives the mean, standard deviation and count of the monitored metric. Each c
 tested against the best one, on data already logged (no pass over the images):
 - with repeats on both sides, matched by seed or fold: a paired t-test over the matched repeats;
 - with one run each on the same validation images: McNemar's exact test on their predictions.
-A p-value at or above `ALPHA` marks a configuration the sweep cannot tell apart from the best.
+The p-values are adjusted for being tested together (Holm's method: with many configurations, some
+small p-values would otherwise come by chance alone); an adjusted p-value at or above `ALPHA` marks a
+configuration the sweep cannot tell apart from the best.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from tl.config import override_key
 from tl.runs import run_name
-from tl.statistics import mcnemar_exact, paired_t_test
+from tl.statistics import holm, mcnemar_exact, paired_t_test
 
 REPEAT_KEYS = ("seed", "data.fold")  # what makes a job a repeat of a configuration, not another one
 ALPHA = 0.05
@@ -51,7 +53,8 @@ def compare(
     correct_of: Callable[[str], dict[str, bool] | None],
     metric: str,
 ) -> list[dict]:
-    """One row per configuration, best first: n, mean, std, the p-value against the best and the test.
+    """One row per configuration, best first: n, mean, std, the p-value against the best (as tested and
+    Holm-adjusted) and the test.
 
     `correct_of(run_id)`: for one run, whether it got each validation image right (by path), or None.
     """
@@ -75,11 +78,15 @@ def compare(
                 "error_low": low,
                 "error_high": high,
                 "p_value_vs_best": p_value,
+                "p_value_vs_best_holm": None,  # below, once every configuration has been tested
                 "test": test,
-                "indistinguishable_from_best": None if p_value is None else p_value >= ALPHA,
+                "indistinguishable_from_best": None,
                 "run_ids": " ".join(job.run_id for job in group),
             }
         )
+    for row, adjusted in zip(rows, holm([row["p_value_vs_best"] for row in rows]), strict=True):
+        row["p_value_vs_best_holm"] = adjusted
+        row["indistinguishable_from_best"] = None if adjusted is None else adjusted >= ALPHA
     return rows
 
 

@@ -99,3 +99,17 @@ def paired_t_test(first: list[float], second: list[float]) -> float | None:
 
     p_value = float(ttest_rel(first, second).pvalue)
     return 0.0 if math.isnan(p_value) else p_value  # nan: constant non-zero differences, a certain difference
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values tested together (each configuration against the best):
+    with them, "p < 0.05 somewhere" keeps its 5% chance of a false difference however many are tested.
+    The i-th smallest of m is multiplied by m - i + 1, then made no smaller than the one before it;
+    None (no test) stays None and does not count."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p_value, index) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p_value))
+        adjusted[index] = running
+    return adjusted

@@ -210,7 +210,7 @@ class SweepParentRun(Callback):
         """Tags that say which configuration is best and which others the sweep cannot tell from it;
         each configuration's mean, spread and test in the log."""
         best = configurations[0]
-        tied = [f"{row['configuration']} (p={row['p_value_vs_best']:.3g})"
+        tied = [f"{row['configuration']} (p={row['p_value_vs_best_holm']:.3g}, Holm-adjusted)"
                 for row in configurations if row["indistinguishable_from_best"]]  # fmt: skip
         client.set_tag(self.run_id, "tl.best_configuration", best["configuration"])
         client.set_tag(self.run_id, "tl.indistinguishable_from_best", "; ".join(tied)[:5000] or "none")
@@ -218,7 +218,9 @@ class SweepParentRun(Callback):
             std = row[f"std_{monitored}"]
             spread = f" sd {std:.4f}" if std is not None else ""
             p_value = row["p_value_vs_best"]
-            verdict = f"p={p_value:.3g} against the best, {row['test']}" if p_value is not None else row["test"]
+            holm = row["p_value_vs_best_holm"]
+            verdict = (f"p={p_value:.3g} against the best (Holm-adjusted {holm:.3g}), {row['test']}"
+                       if p_value is not None else row["test"])  # fmt: skip
             log.info("%s: mean %s %.4f%s (n=%d); %s", row["configuration"], monitored, row[f"mean_{monitored}"],
                      spread, row["n"], verdict)  # fmt: skip
 
