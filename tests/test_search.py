@@ -23,10 +23,11 @@ from optuna.trial import TrialState
 
 from tests.helpers import ROOT, run_cli, runs, tiny
 from tests.servers import create_database, free_port, start_mlflow_server
+from tl import search as optuna_search
 from tl import studies
 from tl.errors import TLError
-from tl.runs import PROCESS_TAG
-from tl.search import BEST_TAG, STUDY_TAG, TRIAL_TAG, search_space
+from tl.runs import PARENT_RUN_ENV, PROCESS_TAG
+from tl.search import BEST_TAG, STORAGE_TAG, STUDY_TAG, TRIAL_TAG, search_space
 
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
 
@@ -115,6 +116,29 @@ def test_running_trials_of_a_stopped_sweeper_are_failed_and_others_are_left_runn
     states = {name: study.trials[trial.number].state for name, trial in trials.items()}
     assert states == {"dead here": TrialState.FAIL, "alive here": TrialState.RUNNING,
                       "elsewhere": TrialState.RUNNING, "elsewhere, silent": TrialState.FAIL}  # fmt: skip
+
+
+def test_runs_of_abandoned_trials_and_of_dead_processes_end_failed_and_others_are_left(mlflow_uri, monkeypatch):
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("tl")
+    parent = client.create_run(experiment).info.run_id
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    study = {STUDY_TAG: "shared", STORAGE_TAG: "sqlite:////x/optuna.db"}
+    runs_by_name = {
+        "abandoned elsewhere": {**study, TRIAL_TAG: "3", PROCESS_TAG: "another-host:1"},
+        "running elsewhere": {**study, TRIAL_TAG: "4", PROCESS_TAG: "another-host:2"},
+        "dead here": {**study, PROCESS_TAG: f"{socket.gethostname()}:{gone.pid}"},  # a dead sweeper's parent run
+        "alive here": {**study, TRIAL_TAG: "5", PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"},
+        "another study": {**study, STUDY_TAG: "other", TRIAL_TAG: "3", PROCESS_TAG: "another-host:1"},
+    }
+    ids = {name: client.create_run(experiment, tags=tags).info.run_id for name, tags in runs_by_name.items()}
+    optuna_search._end_abandoned_runs("shared", "sqlite:////x/optuna.db", abandoned_trials={3})
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"abandoned elsewhere": "FAILED", "running elsewhere": "RUNNING", "dead here": "FAILED",
+                      "alive here": "RUNNING", "another study": "RUNNING"}  # fmt: skip
+    assert "stopped while it ran" in client.get_run(ids["dead here"]).data.tags["tl.error"]
 
 
 # End to end: the command, on tiny images.

@@ -134,7 +134,7 @@ class OptunaSearch:
         os.environ[STUDY_ENV], os.environ[STORAGE_ENV] = study.study_name, location
         _tag_parent({STUDY_TAG: study.study_name, STORAGE_TAG: location})
         abandoned = studies.fail_abandoned_trials(study)
-        _end_abandoned_runs(study.study_name, location)
+        _end_abandoned_runs(study.study_name, location, {trial.number for trial in abandoned})
         kept = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         log.info("Optuna study %r in %s: %d finished trial(s) kept, %d failed now as abandoned, %d to run",
                  study.study_name, location, kept, len(abandoned), self.n_trials)  # fmt: skip
@@ -194,17 +194,18 @@ def _study_runs(client: Any, study_name: str, location: str, extra: str = "") ->
     return client.search_runs([experiment_id], filter_string=query, max_results=50000)
 
 
-def _end_abandoned_runs(study_name: str, location: str) -> None:
+def _end_abandoned_runs(study_name: str, location: str, abandoned_trials: set[int]) -> None:
     """End FAILED the study's MLflow runs that are still RUNNING though their process is gone (a sweeper
-    killed on this host: its trial's run and its own parent run)."""
+    killed on this host: its trial's run and its own parent run), or whose trial was failed as abandoned
+    (a sweeper whose heartbeats stopped on another host)."""
     if not os.environ.get(PARENT_RUN_ENV):
         return
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     for run in _study_runs(client, study_name, location, " and attributes.status = 'RUNNING'"):
-        process = run.data.tags.get(PROCESS_TAG)
-        if is_dead(process):
+        process, trial = run.data.tags.get(PROCESS_TAG), run.data.tags.get(TRIAL_TAG, "")
+        if is_dead(process) or (trial.isdigit() and int(trial) in abandoned_trials):
             client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({process}) stopped while it ran")
             client.set_terminated(run.info.run_id, "FAILED")
 
