@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> float | None:
     rows = list_inputs(Path(cfg.input).expanduser())
     output = Path(cfg.output or Path(HydraConfig.get().runtime.output_dir, "predictions.csv"))
     threads = (os.cpu_count() or 1) if cfg.threads == "auto" else int(cfg.threads)
-    tally = predict_to_csv(model, rows, output, cfg.batch_size, threads)
+    tally = predict_to_csv(model, rows, output, cfg.batch_size, threads, model_uri=cfg.model_uri)
     score = tally.accuracy
     log.info(
         "predicted %d image(s), %d unreadable%s; wrote %s",

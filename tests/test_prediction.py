@@ -146,12 +146,24 @@ def test_predictions_stream_to_a_partial_file_that_a_stopped_run_resumes(tmp_pat
     model = load_logged_model(logged_model_uri)
     rows = list_inputs(root)
     output = tmp_path / "out" / "predictions.csv"
-    # A run stopped after two images, the second line cut short: what it finished is kept, not redone.
-    done = f"path,prediction,probability,label,error\n{rows[0].path},wasps,0.25,ants,\n{rows[1].path},be"
+    # A run stopped after two images, the second line cut short: what it finished is kept, not redone;
+    # a line for a file no longer in the input is dropped.
+    done = (f"path,prediction,probability,label,error\n{root}/gone.png,ants,0.5,ants,\n"
+            f"{rows[0].path},wasps,0.25,ants,\n{rows[1].path},be")  # fmt: skip
     output.parent.mkdir()
-    (tmp_path / "out" / "predictions.csv.partial").write_text(done)
-    tally = predict_to_csv(model, rows, output, batch_size=4, threads=2)
-    assert not (tmp_path / "out" / "predictions.csv.partial").exists()
+    partial, used = tmp_path / "out" / "predictions.csv.partial", tmp_path / "out" / "predictions.csv.partial.model"
+
+    def stopped_run(model_uri: str) -> None:
+        partial.write_text(done)
+        used.write_text(model_uri)
+
+    stopped_run("models:/other/1")  # another model's lines are not mixed in: all predicted again
+    predict_to_csv(model, rows, output, batch_size=4, threads=2, model_uri=logged_model_uri)
+    assert [line["path"] for line in csv.DictReader(output.open())] == [row.path for row in rows]
+    assert next(csv.DictReader(output.open()))["probability"] != "0.25"  # predicted, not the stopped run's line
+    stopped_run(logged_model_uri)
+    tally = predict_to_csv(model, rows, output, batch_size=4, threads=2, model_uri=logged_model_uri)
+    assert not partial.exists() and not used.exists() and not partial.with_name(partial.name + ".tmp").exists()
     lines = list(csv.DictReader(output.open()))
     assert [line["path"] for line in lines] == [rows[0].path] + [row.path for row in rows[1:]]
     assert lines[0]["prediction"] == "wasps" and lines[0]["probability"] == "0.25"

@@ -27,7 +27,7 @@ from tl import search as optuna_search
 from tl import studies
 from tl.errors import TLError
 from tl.runs import PARENT_RUN_ENV, PROCESS_TAG
-from tl.search import BEST_TAG, STORAGE_TAG, STUDY_TAG, TRIAL_TAG, search_space
+from tl.search import BEST_TAG, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, TRIAL_TAG, search_space
 
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
 
@@ -44,8 +44,9 @@ def test_the_search_space_grammar_is_hydra_optuna_sweepers_and_the_command_line_
         "momentum": FloatDistribution(0.8, 0.99),
     }
     assert fixed == ["strategy=frozen", "seed=3"]
-    space, _ = search_space(["strategy=choice(finetune, frozen)"])
-    assert space == {"strategy": CategoricalDistribution(["finetune", "frozen"])}
+    space, _ = search_space(["strategy=choice(finetune, frozen)", "epochs=range(1, 6, 2)"])
+    assert space["strategy"] == CategoricalDistribution(["finetune", "frozen"])
+    assert space["epochs"] == IntDistribution(1, 5, step=2)  # 1, 3 and 5, as range(1, 6, 2)
 
 
 def test_a_stored_study_is_continued_only_with_its_space_metric_and_direction(tmp_path):
@@ -54,6 +55,9 @@ def test_a_stored_study_is_continued_only_with_its_space_metric_and_direction(tm
     study.tell(study.ask(SPACE), 0.5)
     again = studies.open_study(storage, "s", "maximize", SPACE, "val_acc", optuna.samplers.RandomSampler())
     assert len(again.trials) == 1
+    assert studies.study_id(again) == studies.study_id(study) and len(studies.study_id(study)) == 32
+    with pytest.raises(TLError, match="has a quote in it"):
+        studies.open_study(storage, "it's", "maximize", SPACE, "val_acc", optuna.samplers.RandomSampler())
     refusals = [
         (("minimize", SPACE, "val_acc"), "study 's' maximizes val_acc, and this search would minimize val_acc"),
         (("maximize", SPACE, "train_acc"), "study 's' maximizes val_acc, and this search would maximize train_acc"),
@@ -73,6 +77,10 @@ def test_storages_that_cannot_be_used_are_named_in_one_line_without_their_passwo
     with pytest.raises(TLError, match="has a password in it") as refused:
         studies.open_storage("postgresql://tl:s3cret@127.0.0.1/optuna", heartbeat_interval=None)
     assert "s3cret" not in str(refused.value)
+    with pytest.raises(TLError, match="has a password in it"):
+        studies.open_storage("postgresql://tl@127.0.0.1/optuna?password=s3cret", heartbeat_interval=None)
+    location = studies.storage_location("postgresql://tl@127.0.0.1/optuna?sslmode=require&password=s3cret")
+    assert location == "postgresql://tl@127.0.0.1/optuna"
     with pytest.raises(TLError, match="is not a database URL"):
         studies.open_storage("optuna.db", heartbeat_interval=None)
     with pytest.raises(TLError, match="does not exist"):
@@ -125,16 +133,16 @@ def test_runs_of_abandoned_trials_and_of_dead_processes_end_failed_and_others_ar
     monkeypatch.setenv(PARENT_RUN_ENV, parent)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    study = {STUDY_TAG: "shared", STORAGE_TAG: "sqlite:////x/optuna.db"}
+    study = {STUDY_TAG: "shared", STORAGE_TAG: "sqlite:////x/optuna.db", STUDY_ID_TAG: "c0ffee"}
     runs_by_name = {
         "abandoned elsewhere": {**study, TRIAL_TAG: "3", PROCESS_TAG: "another-host:1"},
         "running elsewhere": {**study, TRIAL_TAG: "4", PROCESS_TAG: "another-host:2"},
         "dead here": {**study, PROCESS_TAG: f"{socket.gethostname()}:{gone.pid}"},  # a dead sweeper's parent run
         "alive here": {**study, TRIAL_TAG: "5", PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"},
-        "another study": {**study, STUDY_TAG: "other", TRIAL_TAG: "3", PROCESS_TAG: "another-host:1"},
+        "another study": {**study, STUDY_ID_TAG: "beef", TRIAL_TAG: "3", PROCESS_TAG: "another-host:1"},
     }
     ids = {name: client.create_run(experiment, tags=tags).info.run_id for name, tags in runs_by_name.items()}
-    optuna_search._end_abandoned_runs("shared", "sqlite:////x/optuna.db", abandoned_trials={3})
+    optuna_search._end_abandoned_runs("c0ffee", abandoned_trials={3})
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {"abandoned elsewhere": "FAILED", "running elsewhere": "RUNNING", "dead here": "FAILED",
                       "alive here": "RUNNING", "another study": "RUNNING"}  # fmt: skip
@@ -173,6 +181,7 @@ def assert_every_trial_has_one_run_and_the_best_is_tagged(storage: str, mlflow_u
     finished = sorted(t.number for t in study.trials if t.state == TrialState.COMPLETE)
     assert sorted(int(r.data.tags[TRIAL_TAG]) for r in trial_runs if r.info.status == "FINISHED") == finished
     assert all(r.data.tags[STUDY_TAG] == "shared" for r in trial_runs)
+    assert {r.data.tags[STUDY_ID_TAG] for r in trial_runs} == {study.user_attrs["tl.study_id"]}
     for run in trial_runs:  # each run's logged value is its trial's
         trial = study.trials[int(run.data.tags[TRIAL_TAG])]
         if run.info.status == "FINISHED":

@@ -183,29 +183,41 @@ class Tally:
         return self.correct / self.labelled if self.labelled else None
 
 
-def predict_to_csv(model: Classifier, rows: Sequence[Row], output: Path, batch_size: int, threads: int) -> Tally:
+def predict_to_csv(
+    model: Classifier, rows: Sequence[Row], output: Path, batch_size: int, threads: int, model_uri: str = ""
+) -> Tally:
     """Predict `rows` into the CSV `output`, written as it goes (bounded memory, whatever the number of
     images), with a progress bar on a terminal.
 
     The lines go to `<output>.partial`, flushed after every batch, renamed to `output` at the end: `output`
-    is never half written. A run that was stopped leaves its `.partial`; the next run with the same
-    `output` (and the same columns) keeps its lines and predicts only the images it has not done."""
+    is never half written. A run that was stopped leaves its `.partial` (and `<output>.partial.model`, the
+    model it used); the next run with the same `output`, the same `model_uri` and the same columns keeps
+    its lines for the images still in the input and predicts only the others."""
     columns = _columns(rows)
     unfinished = output.with_name(output.name + ".partial")
-    tally, done = Tally(), _rows_done(unfinished, columns)
+    used = output.with_name(output.name + ".partial.model")
+    same_model = used.is_file() and used.read_text() == model_uri
+    wanted = {row.path for row in rows}
+    done = {path: row for path, row in _rows_done(unfinished, columns).items() if path in wanted} if same_model else {}
+    tally = Tally()
     for row in done.values():
         tally.add(row)
     todo = [row for row in rows if row.path not in done]
     if done:
         log.info("resuming %s: %d image(s) already predicted, %d to go", unfinished, len(done), len(todo))
     output.parent.mkdir(parents=True, exist_ok=True)
-    with unfinished.open("w", newline="") as f, tqdm(
+    # The kept lines go to a new file that replaces the old one whole: stopped again now, none is lost.
+    fresh = unfinished.with_name(unfinished.name + ".tmp")
+    with fresh.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(vars(row) for row in done.values())  # a line cut short by the stop is dropped
+    used.write_text(model_uri)
+    fresh.replace(unfinished)
+    with unfinished.open("a", newline="") as f, tqdm(
         total=len(rows), initial=len(rows) - len(todo), desc="predicting", unit="image", disable=None
     ) as progress:  # fmt: skip
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(vars(row) for row in done.values())  # written again: drops a line cut short
-        f.flush()
         started = time.perf_counter()
         for batch in predict_batches(model, todo, batch_size, threads):
             writer.writerows(vars(row) for row in batch)
@@ -218,6 +230,7 @@ def predict_to_csv(model: Classifier, rows: Sequence[Row], output: Path, batch_s
     seconds = time.perf_counter() - started
     log.info("read and predicted %d image(s) in %.1f s: %.0f images/s", len(todo), seconds, len(todo) / seconds)
     unfinished.replace(output)
+    used.unlink()
     return tally
 
 

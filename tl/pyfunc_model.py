@@ -195,7 +195,8 @@ class Classifier:
                 tensors.append(self.read(open_image(image)))
                 readable.append(index)
                 answers.append(None)
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
+            # Any error: on a crafted file Pillow raises SyntaxError, struct.error or EOFError too.
+            except Exception as error:
                 answers.append(read_error(error))
         if tensors:
             tops = top_k(self.probabilities(torch.stack(tensors)), self.classes, k)

@@ -60,22 +60,43 @@ def run_name(overrides: list[str], sweep_keys: list[str] | None = None) -> str:
 
 
 def this_process() -> str:
-    """host:pid of this process, as PROCESS_TAG records it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as PROCESS_TAG records it: `host:pid`, then (on Linux) `@` and what tells it from a
+    process of the same host name and pid elsewhere: the kernel's boot id, its pid namespace (another
+    container) and its start time (a pid used again)."""
+    return f"{socket.gethostname()}:{os.getpid()}{_identity(os.getpid())}"
+
+
+def _identity(pid: int) -> str:
+    """`@boot/namespace/start` of process `pid` (Linux), "" where /proc does not say; also "" when the
+    process is gone."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        # Field 22 of /proc/PID/stat, counted after the command's closing parenthesis (it may hold spaces).
+        start = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
+    return f"@{boot}/{namespace}/{start}"
 
 
 def is_dead(process: str | None) -> bool:
-    """Whether `process` (host:pid) is known to have stopped: only a process on this host can be looked at."""
-    host, _, pid = (process or "").rpartition(":")
+    """Whether `process` (as `this_process` wrote it) is known to have stopped. Only a process of this
+    machine and this pid namespace can be looked at; any other may be alive, as far as this one knows."""
+    where, _, identity = (process or "").partition("@")
+    host, _, pid = where.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    mine = _identity(os.getpid())
+    if identity and mine and identity.rsplit("/", 1)[0] != mine[1:].rsplit("/", 1)[0]:
+        return False  # another machine (boot) or another container (pid namespace) of the same host name
     try:
         os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
     except PermissionError:
         return False  # it exists, run by another user
-    return False
+    # A process with that pid exists: the same one, unless it started at another time (the pid was reused).
+    return bool(identity and mine and _identity(int(pid)) != f"@{identity}")
 
 
 def csv_text(rows: list[dict]) -> str:

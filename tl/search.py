@@ -12,6 +12,7 @@ Hydra finds it as a plugin in hydra_plugins/tl_optuna_sweeper (Hydra loads plugi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -36,8 +37,10 @@ from tl.runs import ERROR_TAG, PARENT_RUN_ENV, PROCESS_TAG, is_dead, this_proces
 log = logging.getLogger(__name__)
 
 # How a trial's job learns its study and number (tl/tracking.py tags its MLflow run with them).
-STUDY_ENV, STORAGE_ENV, TRIAL_ENV = "TL_OPTUNA_STUDY", "TL_OPTUNA_STORAGE", "TL_OPTUNA_TRIAL"
+STUDY_ENV, STORAGE_ENV, STUDY_ID_ENV = "TL_OPTUNA_STUDY", "TL_OPTUNA_STORAGE", "TL_OPTUNA_STUDY_ID"
+TRIAL_ENV = "TL_OPTUNA_TRIAL"
 STUDY_TAG, STORAGE_TAG, TRIAL_TAG = "tl.optuna_study", "tl.optuna_storage", "tl.optuna_trial"
+STUDY_ID_TAG = "tl.optuna_study_id"  # what finds a study's runs: machines may name its storage differently
 BEST_TAG = "tl.best_in_study"
 
 
@@ -67,8 +70,9 @@ def _distribution(override: Override) -> BaseDistribution:
         if any(isinstance(x, float) for x in (value.start, value.stop, value.step)):
             step = float(value.step) if value.step else None
             return FloatDistribution(float(value.start), float(value.stop), step=step)
-        # range() excludes its stop, Optuna's high is included
-        return IntDistribution(int(value.start), int(value.stop) - int(value.step), step=int(value.step))
+        # range() excludes its stop; Optuna's high is its last value, included
+        start, stop, step = int(value.start), int(value.stop), int(value.step)
+        return IntDistribution(start, start + (stop - start - 1) // step * step, step=step)
     if override.is_interval_sweep():
         log_scale = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
@@ -128,13 +132,11 @@ class OptunaSearch:
             # seed, each of them would propose the same values again.
             sampler.reseed_rng()
         study = studies.open_study(storage, self.study_name, self.direction, space, self.config.monitor, sampler)
-        location = studies.storage_location(self.storage)
-        if self.storage is None:  # a study in memory is this sweep's alone, whatever its name
-            location = f"memory of sweep {os.environ.get(PARENT_RUN_ENV) or this_process()}"
-        os.environ[STUDY_ENV], os.environ[STORAGE_ENV] = study.study_name, location
-        _tag_parent({STUDY_TAG: study.study_name, STORAGE_TAG: location})
+        location, uid = studies.storage_location(self.storage), studies.study_id(study)
+        os.environ.update({STUDY_ENV: study.study_name, STORAGE_ENV: location, STUDY_ID_ENV: uid})
+        _tag_parent({STUDY_TAG: study.study_name, STORAGE_TAG: location, STUDY_ID_TAG: uid})
         abandoned = studies.fail_abandoned_trials(study)
-        _end_abandoned_runs(study.study_name, location, {trial.number for trial in abandoned})
+        _end_abandoned_runs(uid, {trial.number for trial in abandoned})
         kept = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         log.info("Optuna study %r in %s: %d finished trial(s) kept, %d failed now as abandoned, %d to run",
                  study.study_name, location, kept, len(abandoned), self.n_trials)  # fmt: skip
@@ -148,22 +150,28 @@ class OptunaSearch:
                     batch = self.launcher.launch([_overrides(t, fixed) for t in trials], initial_job_idx=len(returns))
             except BaseException:  # Ctrl-C, or a launcher that failed: the trials did not finish
                 for trial in trials:
-                    study.tell(trial, state=TrialState.FAIL)
+                    with contextlib.suppress(Exception):  # the error that stopped the jobs is the one to show
+                        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 raise
             returns += batch
             self._tell(study, trials, batch)
-        _tag_best(study, location)
+        _tag_best(study, uid)
         return returns
 
     def _tell(self, study: optuna.Study, trials: list[optuna.Trial], batch: Sequence[JobReturn]) -> None:
         """Tell the study each trial's value, or that it failed; stop when more failed than max_failure_rate."""
         failed = 0
         for trial, job in zip(trials, batch, strict=True):
-            if job.status == JobStatus.COMPLETED:
-                study.tell(trial, float(job.return_value))
+            value = job.return_value if job.status == JobStatus.COMPLETED else None
+            if isinstance(value, (int, float)):
+                told = study.tell(trial, float(value), skip_if_finished=True)
             else:
-                study.tell(trial, state=TrialState.FAIL)
+                told = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 failed += 1
+            if told.state == TrialState.FAIL and isinstance(value, (int, float)):
+                # Failed by another sweeper meanwhile (it found the trial's heartbeat stale): its value is lost.
+                log.warning("trial %d had been failed by another sweeper before it ended; its value %s is not kept",
+                            trial.number, value)  # fmt: skip
         if failed / len(batch) > self.max_failure_rate:
             for job in batch:
                 job.return_value  # noqa: B018 (JobReturn raises the failed job's error, with its traceback)
@@ -186,15 +194,14 @@ def _tag_parent(tags: dict[str, str]) -> None:
             client.set_tag(parent, key, value)
 
 
-def _study_runs(client: Any, study_name: str, location: str, extra: str = "") -> list:
+def _study_runs(client: Any, uid: str, extra: str = "") -> list:
     """The MLflow runs of the study (trials and sweeps) in the parent run's experiment."""
     experiment_id = client.get_run(os.environ[PARENT_RUN_ENV]).info.experiment_id
-    name, where = (value.replace("'", "\\'") for value in (study_name, location))
-    query = f"tags.`{STUDY_TAG}` = '{name}' and tags.`{STORAGE_TAG}` = '{where}'{extra}"
+    query = f"tags.`{STUDY_ID_TAG}` = '{uid}'{extra}"  # a hex uuid: nothing to escape
     return client.search_runs([experiment_id], filter_string=query, max_results=50000)
 
 
-def _end_abandoned_runs(study_name: str, location: str, abandoned_trials: set[int]) -> None:
+def _end_abandoned_runs(uid: str, abandoned_trials: set[int]) -> None:
     """End FAILED the study's MLflow runs that are still RUNNING though their process is gone (a sweeper
     killed on this host: its trial's run and its own parent run), or whose trial was failed as abandoned
     (a sweeper whose heartbeats stopped on another host)."""
@@ -203,14 +210,14 @@ def _end_abandoned_runs(study_name: str, location: str, abandoned_trials: set[in
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for run in _study_runs(client, study_name, location, " and attributes.status = 'RUNNING'"):
+    for run in _study_runs(client, uid, " and attributes.status = 'RUNNING'"):
         process, trial = run.data.tags.get(PROCESS_TAG), run.data.tags.get(TRIAL_TAG, "")
         if is_dead(process) or (trial.isdigit() and int(trial) in abandoned_trials):
             client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({process}) stopped while it ran")
             client.set_terminated(run.info.run_id, "FAILED")
 
 
-def _tag_best(study: optuna.Study, location: str) -> None:
+def _tag_best(study: optuna.Study, uid: str) -> None:
     """Log the study's best trial so far, and tag its MLflow run (and only it) as the study's best."""
     try:
         best = study.best_trial
@@ -224,7 +231,7 @@ def _tag_best(study: optuna.Study, location: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for run in _study_runs(client, study.study_name, location):
+    for run in _study_runs(client, uid):
         is_best = run.data.tags.get(TRIAL_TAG) == str(best.number)
         if is_best:
             client.set_tag(run.info.run_id, BEST_TAG, "true")

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 JOURNAL_PREFIX = "journal:"  # hydra.sweeper.storage=journal:optuna.log: Optuna's journal file
 SPACE_ATTR = "tl.search_space"  # on a study: its search space, as Optuna's JSON of each distribution
 OBJECTIVE_ATTR = "tl.objective"  # on a study: the metric its trials return (monitor)
+ID_ATTR = "tl.study_id"  # on a study: a unique id, given when it is created
 
 
 def storage_location(url: str | None) -> str:
@@ -46,7 +48,7 @@ def storage_location(url: str | None) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         parsed = parsed.set(database=str(Path(parsed.database).expanduser().resolve()))
-    return parsed.render_as_string(hide_password=True)
+    return parsed.set(query={}).render_as_string(hide_password=True)  # a query may carry a password too
 
 
 def open_storage(url: str | None, heartbeat_interval: int | None) -> BaseStorage | None:
@@ -67,15 +69,17 @@ def open_storage(url: str | None, heartbeat_interval: int | None) -> BaseStorage
         parsed = make_url(url)
     except ArgumentError:
         raise TLError(
-            f"hydra.sweeper.storage={url} is not a database URL; use e.g. sqlite:///optuna.db, "
+            "hydra.sweeper.storage is not a database URL; use e.g. sqlite:///optuna.db, "
             "postgresql://user@host/db or journal:optuna.log"
-        ) from None
-    if parsed.password is not None:
+        ) from None  # not echoed: it may hold a password
+    if parsed.password is not None or "password" in parsed.query:
         raise TLError(
             "hydra.sweeper.storage has a password in it, which would be written to the sweep's config files "
             "and logged with its runs; give it in PGPASSWORD or ~/.pgpass (PostgreSQL) or an option file (MySQL)"
         )
-    where = parsed.render_as_string(hide_password=True)
+    where = parsed.set(query={}).render_as_string(hide_password=True)
+    if heartbeat_interval is not None and heartbeat_interval < 0:
+        raise TLError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}: give seconds (60), or 0 for none")
     # Optuna warns at every ask that heartbeats go with Study.optimize: tl records them itself (`heartbeats`).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     # A server that does not answer is named after 10 s, not after the system's TCP timeout (minutes).
@@ -92,7 +96,7 @@ def open_storage(url: str | None, heartbeat_interval: int | None) -> BaseStorage
                 f"hydra.sweeper.storage={where} needs a database driver that is not installed; for PostgreSQL: "
                 'pip install "psycopg[binary]" (or tl\'s extra: pip install -e ".[postgres]")'
             ) from None
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, RuntimeError, TypeError) as error:  # RuntimeError: a schema Optuna cannot use
             reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
             racing = any(words in reason.lower() for words in ("already exists", "duplicate", "unique constraint"))
             if attempt == 2 or not racing:
@@ -114,15 +118,21 @@ def open_study(
 ) -> optuna.Study:
     """The study `name` in `storage`, created if new; continued only if it searches the same space for
     the same metric in the same direction (its trials would otherwise mislead the sampler)."""
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True
-    )
     wanted = {key: json.loads(distribution_to_json(distribution)) for key, distribution in space.items()}
-    kept = study.user_attrs
-    if SPACE_ATTR not in kept:  # a new study (or one that Optuna, not tl, began)
+    if name is not None and "'" in name:  # it is matched in MLflow searches, which cannot escape one
+        raise TLError(f"hydra.sweeper.study_name={name} has a quote in it; name the study without one")
+    try:  # only one of several sweepers starting at once creates the study: it describes it
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction)
         study.set_user_attr(SPACE_ATTR, wanted)
         study.set_user_attr(OBJECTIVE_ATTR, objective)
-        kept = {SPACE_ATTR: wanted, OBJECTIVE_ATTR: objective}
+        study.set_user_attr(ID_ATTR, uuid.uuid4().hex)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    kept = _described(study)
+    if SPACE_ATTR not in kept:  # begun by Optuna itself, not by tl: described now
+        for attribute, value in ((SPACE_ATTR, wanted), (OBJECTIVE_ATTR, objective), (ID_ATTR, uuid.uuid4().hex)):
+            study.set_user_attr(attribute, value)
+        kept = study.user_attrs
     where = f"study {study.study_name!r}"
     stored_direction = study.direction.name.lower()
     if stored_direction != direction or kept.get(OBJECTIVE_ATTR, objective) != objective:
@@ -140,6 +150,20 @@ def open_study(
     return study
 
 
+def study_id(study: optuna.Study) -> str:
+    """The study's own id (made by the sweeper that created it): what tags its MLflow runs, however each
+    machine names the storage."""
+    return study.user_attrs[ID_ATTR]
+
+
+def _described(study: optuna.Study, seconds: float = 10) -> dict[str, Any]:
+    """The study's attributes, once the sweeper creating it at the same moment has set them."""
+    deadline = time.monotonic() + seconds
+    while ID_ATTR not in (attributes := study.user_attrs) and time.monotonic() < deadline and len(study.trials) == 0:
+        time.sleep(0.2)
+    return attributes
+
+
 def _describe(space: dict[str, Any], keys: list[str]) -> str:
     """The study's side of the keys that differ, briefly."""
 
@@ -153,18 +177,17 @@ def _describe(space: dict[str, Any], keys: list[str]) -> str:
 def fail_abandoned_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Fail the running trials whose sweeper has stopped: on this host, those whose process is gone;
     anywhere, those whose heartbeat (database storages) has gone stale. The failed trials."""
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
         if is_dead(trial.user_attrs.get(PROCESS_TAG)):
             with contextlib.suppress(ValueError, RuntimeError):  # another sweeper has just failed it
                 study.tell(trial.number, state=TrialState.FAIL)
-                failed.append(trial)
-    before = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    failed += [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-               if trial.number not in before]  # fmt: skip
+    # Those that were running and are failed now (not those another sweeper failed as its jobs failed).
+    now_failed = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    failed = [trial for trial in running if trial.number in now_failed]
     for trial in failed:
         log.warning("trial %d of study %r was running when its sweeper (%s) stopped: marked failed",
                     trial.number, study.study_name, trial.user_attrs.get(PROCESS_TAG, "unknown"))  # fmt: skip
@@ -184,8 +207,11 @@ def heartbeats(study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None
 
     def beat() -> None:
         while True:
-            for trial in trials:
-                storage.record_heartbeat(trial._trial_id)
+            try:
+                for trial in trials:
+                    storage.record_heartbeat(trial._trial_id)
+            except Exception as error:  # a database that is busy or away for a moment: beat again next time
+                log.warning("could not record the trials' heartbeat (%s); trying again in %d s", error, interval)
             if stop.wait(interval):
                 return
 

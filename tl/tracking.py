@@ -88,6 +88,7 @@ class MlflowTracker:
         optuna_study: str | None = None,
         optuna_storage: str | None = None,
         optuna_trial: str | None = None,
+        optuna_study_id: str | None = None,
     ) -> None:
         check_value("tracking.fallback", fallback)
         self.experiment = experiment
@@ -100,7 +101,8 @@ class MlflowTracker:
         self.run_id = run_id  # given: continue that run (resume=)
         # The process writing the run (a later sweep ends the run FAILED if it died), and an Optuna
         # trial's study and number (tl/search.py finds the study's runs and tags its best by them).
-        trial = {"tl.optuna_study": optuna_study, "tl.optuna_storage": optuna_storage, "tl.optuna_trial": optuna_trial}
+        trial = {"tl.optuna_study": optuna_study, "tl.optuna_storage": optuna_storage, "tl.optuna_trial": optuna_trial,
+                 "tl.optuna_study_id": optuna_study_id}  # fmt: skip
         self.tags = {PROCESS_TAG: this_process()}
         self.tags.update({key: str(value) for key, value in trial.items() if value is not None})
 
