@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -163,12 +164,13 @@ class OptunaSearch:
         failed = 0
         for trial, job in zip(trials, batch, strict=True):
             value = job.return_value if job.status == JobStatus.COMPLETED else None
-            if isinstance(value, (int, float)):
+            scored = isinstance(value, (int, float)) and math.isfinite(value)  # a diverged run returns nan
+            if scored:
                 told = study.tell(trial, float(value), skip_if_finished=True)
             else:
                 told = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 failed += 1
-            if told.state == TrialState.FAIL and isinstance(value, (int, float)):
+            if scored and told.state == TrialState.FAIL:
                 # Failed by another sweeper meanwhile (it found the trial's heartbeat stale): its value is lost.
                 log.warning("trial %d had been failed by another sweeper before it ended; its value %s is not kept",
                             trial.number, value)  # fmt: skip
