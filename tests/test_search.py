@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -147,6 +148,23 @@ def test_runs_of_abandoned_trials_and_of_dead_processes_end_failed_and_others_ar
     assert status == {"abandoned elsewhere": "FAILED", "running elsewhere": "RUNNING", "dead here": "FAILED",
                       "alive here": "RUNNING", "another study": "RUNNING"}  # fmt: skip
     assert "stopped while it ran" in client.get_run(ids["dead here"]).data.tags["tl.error"]
+
+
+def test_each_jobs_result_is_told_and_failed_or_valueless_jobs_fail_their_trials():
+    study = optuna.create_study(direction="maximize")
+    trials = [study.ask(SPACE) for _ in range(5)]
+    jobs = [JobReturn(status=JobStatus.COMPLETED, _return_value=value) for value in (0.5, float("nan"), None)]
+    jobs += [JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("diverged"))]
+    study.tell(trials[4], state=TrialState.FAIL)  # failed meanwhile by another sweeper: not told twice
+    jobs += [JobReturn(status=JobStatus.COMPLETED, _return_value=0.7)]
+    search = optuna_search.OptunaSearch(None, "maximize", None, "s", 5, 5, 1.0, None, None)
+    search._tell(study, trials, jobs)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] + [TrialState.FAIL] * 4
+    assert study.trials[0].value == 0.5
+    with pytest.raises(RuntimeError, match="diverged"):  # more failed than max_failure_rate allows
+        optuna_search.OptunaSearch(None, "maximize", None, "s", 1, 1, 0.0, None, None)._tell(
+            study, [study.ask(SPACE)], [jobs[3]]
+        )
 
 
 # End to end: the command, on tiny images.
