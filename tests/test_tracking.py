@@ -1,6 +1,9 @@
 import fcntl
 import http.server
 import io
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -18,7 +21,15 @@ from PIL import Image
 from tl.manifest import DatasetFingerprint
 from tl.models import efficientnet_lite0
 from tl.provenance import CodeState
-from tl.runs import _lock_path, _unreachable, create_store_in_background, use_store
+from tl.runs import (
+    PROCESS_TAG,
+    _identity,
+    _lock_path,
+    _unreachable,
+    create_store_in_background,
+    this_process,
+    use_store,
+)
 from tl.tracking import MlflowTracker, flatten, run_name
 
 
@@ -32,6 +43,29 @@ def test_runs_are_named_by_overrides_and_sweep_jobs_by_the_swept_ones():
     assert run_name(overrides) == "strategy=frozen,lr=0.01,epochs=1,+experiment=x"
     assert run_name(overrides, ["strategy", "lr"]) == "strategy=frozen,lr=0.01"
     assert run_name([]) == "defaults"
+
+
+def test_a_new_run_ends_failed_the_runs_left_running_by_dead_processes_of_this_machine(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("t")
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    gone_process = f"{socket.gethostname()}:{gone.pid}{_identity(gone.pid)}"  # as it wrote it while alive
+    gone.wait()
+    left = {
+        "killed here": gone_process,
+        "alive here": this_process(),
+        "elsewhere": "another-host:1",
+        "killed here, pid reused": this_process().rsplit("/", 1)[0] + "/1",  # this pid, started another time
+        "logged by an earlier tl": None,
+    }
+    ids = {name: client.create_run(experiment, tags={PROCESS_TAG: p} if p else {}).info.run_id
+           for name, p in left.items()}  # fmt: skip
+    with MlflowTracker(experiment="t", uri=mlflow_uri):
+        pass
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"killed here": "FAILED", "alive here": "RUNNING", "elsewhere": "RUNNING",
+                      "killed here, pid reused": "FAILED", "logged by an earlier tl": "RUNNING"}  # fmt: skip
+    assert "stopped while it ran" in client.get_run(ids["killed here"]).data.tags["tl.error"]
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,22 @@ def is_dead(process: str | None) -> bool:
     return bool(identity and mine and _identity(int(pid)) != f"@{identity}")
 
 
+def end_runs_of_dead_processes(experiment_id: str) -> None:
+    """End FAILED the experiment's runs that a process of this machine left RUNNING when it died (SIGKILL,
+    out of memory, a power cut): MLflow cannot tell, tl's next run or sweep here can (PROCESS_TAG)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{socket.gethostname()}:%'"
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
+        process = run.data.tags[PROCESS_TAG]
+        if is_dead(process):
+            log.warning("MLflow run %s was left RUNNING by a process that is gone (%s): ended FAILED",
+                        run.info.run_id, process)  # fmt: skip
+            client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({process}) stopped while it ran")
+            client.set_terminated(run.info.run_id, "FAILED")
+
+
 def csv_text(rows: list[dict]) -> str:
     """`rows` as CSV text, the first row's keys as the header."""
     table = io.StringIO()

@@ -205,8 +205,9 @@ def _study_runs(client: Any, uid: str, extra: str = "") -> list:
 
 def _end_abandoned_runs(uid: str, abandoned_trials: set[int]) -> None:
     """End FAILED the study's MLflow runs that are still RUNNING though their process is gone (a sweeper
-    killed on this host: its trial's run and its own parent run), or whose trial was failed as abandoned
-    (a sweeper whose heartbeats stopped on another host)."""
+    killed on this host: its trial's run and its own parent run; the sweep callback ends those of its own
+    experiment, runs.end_runs_of_dead_processes), or whose trial was failed as abandoned (a sweeper
+    whose heartbeats stopped on another host)."""
     if not os.environ.get(PARENT_RUN_ENV):
         return
     from mlflow.tracking import MlflowClient

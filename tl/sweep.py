@@ -32,6 +32,7 @@ from tl.runs import (
     SWEEP_KEYS_ENV,
     VAL_PREDICTIONS_ARTIFACT,
     csv_text,
+    end_runs_of_dead_processes,
     run_name,
     this_process,
     use_store,
@@ -71,6 +72,7 @@ class SweepParentRun(Callback):
             experiment_id = use_store(self.uri, self.experiment, self.fallback)
         except TLError as error:  # a server that does not answer or refuses the login: before any job
             sys.exit(f"error: {error}")
+        end_runs_of_dead_processes(experiment_id)
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = " ".join(config.hydra.overrides.task)
         run = MlflowClient().create_run(

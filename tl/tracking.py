@@ -40,6 +40,7 @@ from tl.runs import (
     PROCESS_TAG,
     VAL_PREDICTIONS_ARTIFACT,
     csv_text,
+    end_runs_of_dead_processes,
     run_name,
     this_process,
     use_store,
@@ -107,7 +108,7 @@ class MlflowTracker:
         self.tags.update({key: str(value) for key, value in trial.items() if value is not None})
 
     def __enter__(self) -> MlflowTracker:
-        use_store(self.uri, self.experiment, self.fallback)
+        end_runs_of_dead_processes(use_store(self.uri, self.experiment, self.fallback))
         if self.run_id:
             self._check_resumable(self.run_id)
             run = mlflow.start_run(run_id=self.run_id, tags=self.tags)
