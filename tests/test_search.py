@@ -27,7 +27,7 @@ from tests.servers import create_database, free_port, start_mlflow_server
 from tl import search as optuna_search
 from tl import studies
 from tl.errors import TLError
-from tl.runs import PARENT_RUN_ENV, PROCESS_TAG
+from tl.runs import PARENT_RUN_ENV, PROCESS_TAG, end_runs_of_dead_processes
 from tl.search import BEST_TAG, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, TRIAL_TAG, search_space
 
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
@@ -143,6 +143,7 @@ def test_runs_of_abandoned_trials_and_of_dead_processes_end_failed_and_others_ar
         "another study": {**study, STUDY_ID_TAG: "beef", TRIAL_TAG: "3", PROCESS_TAG: "another-host:1"},
     }
     ids = {name: client.create_run(experiment, tags=tags).info.run_id for name, tags in runs_by_name.items()}
+    end_runs_of_dead_processes(experiment)  # what the sweep callback does first
     optuna_search._end_abandoned_runs("c0ffee", abandoned_trials={3})
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {"abandoned elsewhere": "FAILED", "running elsewhere": "RUNNING", "dead here": "FAILED",

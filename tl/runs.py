@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from tl.config import override_key
@@ -107,12 +108,16 @@ def end_runs_of_dead_processes(experiment_id: str) -> None:
     client = MlflowClient()
     query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{socket.gethostname()}:%'"
     for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
-        process = run.data.tags[PROCESS_TAG]
-        if is_dead(process):
+        if is_dead(run.data.tags[PROCESS_TAG]):
             log.warning("MLflow run %s was left RUNNING by a process that is gone (%s): ended FAILED",
-                        run.info.run_id, process)  # fmt: skip
-            client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({process}) stopped while it ran")
-            client.set_terminated(run.info.run_id, "FAILED")
+                        run.info.run_id, run.data.tags[PROCESS_TAG])  # fmt: skip
+            end_abandoned(client, run)
+
+
+def end_abandoned(client: Any, run: Any) -> None:
+    """End FAILED a run whose process stopped while it ran, saying so in its `tl.error`."""
+    client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({run.data.tags.get(PROCESS_TAG)}) stopped while it ran")
+    client.set_terminated(run.info.run_id, "FAILED")
 
 
 def csv_text(rows: list[dict]) -> str:

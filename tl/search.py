@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from tl import studies
 from tl.errors import TLError
-from tl.runs import ERROR_TAG, PARENT_RUN_ENV, PROCESS_TAG, is_dead, this_process
+from tl.runs import ERROR_TAG, PARENT_RUN_ENV, PROCESS_TAG, end_abandoned, this_process
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +204,18 @@ def _study_runs(client: Any, uid: str, extra: str = "") -> list:
 
 
 def _end_abandoned_runs(uid: str, abandoned_trials: set[int]) -> None:
-    """End FAILED the study's MLflow runs that are still RUNNING though their process is gone (a sweeper
-    killed on this host: its trial's run and its own parent run; the sweep callback ends those of its own
-    experiment, runs.end_runs_of_dead_processes), or whose trial was failed as abandoned (a sweeper
-    whose heartbeats stopped on another host)."""
+    """End FAILED the study's MLflow runs still RUNNING whose trial was failed as abandoned (a sweeper whose
+    heartbeats stopped on another host). Runs of a dead process of this machine (its trials' runs, its
+    parent run) the sweep callback has already ended, before the sweep began (runs.end_runs_of_dead_processes)."""
     if not os.environ.get(PARENT_RUN_ENV):
         return
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     for run in _study_runs(client, uid, " and attributes.status = 'RUNNING'"):
-        process, trial = run.data.tags.get(PROCESS_TAG), run.data.tags.get(TRIAL_TAG, "")
-        if is_dead(process) or (trial.isdigit() and int(trial) in abandoned_trials):
-            client.set_tag(run.info.run_id, ERROR_TAG, f"its process ({process}) stopped while it ran")
-            client.set_terminated(run.info.run_id, "FAILED")
+        trial = run.data.tags.get(TRIAL_TAG, "")
+        if trial.isdigit() and int(trial) in abandoned_trials:
+            end_abandoned(client, run)
 
 
 def _tag_best(study: optuna.Study, uid: str) -> None:
