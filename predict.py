@@ -15,10 +15,10 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tl.cli import exit_without_teardown
-from tl.errors import one_line_errors
-from tl.prediction import list_inputs, load_logged_model, predict_to_csv
-from tl.runs import refuse_password
+from tl.core.cli import exit_without_teardown
+from tl.core.errors import one_line_errors
+from tl.serving.prediction import list_inputs, load_logged_model, predict_to_csv
+from tl.tracking.stores import refuse_password
 
 log = logging.getLogger("tl")
 

@@ -20,13 +20,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tl.cli import exit_without_teardown
-from tl.config import check_config
-from tl.errors import one_line_errors
-from tl.runs import create_store_in_background
+from tl.core.checks import check_config
+from tl.core.cli import exit_without_teardown
+from tl.core.errors import one_line_errors
+from tl.tracking.stores import create_store_in_background
 
 if TYPE_CHECKING:
-    from tl.distributed import Processes
+    from tl.core.distributed import Processes
 
 ROOT = Path(__file__).parent  # the project: its git state is recorded with every run
 # HEAVY: train() imports torch, timm and MLflow itself (seconds), once main has checked the config:
@@ -35,7 +35,8 @@ ROOT = Path(__file__).parent  # the project: its git state is recorded with ever
 
 def train(cfg: DictConfig, processes: Processes) -> float:
     """One run, step by step: the config in effect, the parts built from it, the fit, the results logged."""
-    from tl import distributed, numerics, provenance, reproduce  # after main's checks: see HEAVY above
+    from tl.core import distributed, numerics, provenance  # after main's checks: see HEAVY above
+    from tl.tracking import reproduce
 
     logging.getLogger("tl").info("starting: config checked, libraries loaded")  # benchmarks/overhead.py reads it
     run = reproduce.effective_run(cfg, HydraConfig.get())  # this command's, or rerun='s or resume='s recorded one
@@ -67,7 +68,7 @@ def main(cfg: DictConfig) -> float:
     check_config(cfg)  # before anything heavy is imported: a mistake is answered at once
     if os.environ.get("RANK", "0") == "0":  # the process that logs (under torchrun, rank 0)
         create_store_in_background(cfg.tracking.uri)  # a new MLflow store, while torch loads
-    from tl import distributed
+    from tl.core import distributed
 
     processes = distributed.start(cfg.device)  # one, or several under torchrun
     if not processes.is_main:

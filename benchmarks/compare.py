@@ -31,10 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
-from tl.data import FASHION_SAMPLE_ROOT  # noqa: E402
-from tl.models import efficientnet_lite0_imagenet  # noqa: E402
-from tl.numerics import native_bf16_cpu  # noqa: E402
-from tl.provenance import cpu_features, cpu_model  # noqa: E402
+from tl.core.numerics import native_bf16_cpu  # noqa: E402
+from tl.core.provenance import cpu_features, cpu_model  # noqa: E402
+from tl.data.folders import FASHION_SAMPLE_ROOT  # noqa: E402
+from tl.models.backbones import efficientnet_lite0_imagenet  # noqa: E402
 
 SIZES = {  # epochs, image size
     "small": (3, 112),
@@ -165,7 +165,7 @@ def tutorial_command(scenario: str, data: Path, settings: dict, weights: str, re
 
 
 def preprocess(model: str, image_size: int):
-    from tl.models import efficientnet_lite0, torchvision_model
+    from tl.models.backbones import efficientnet_lite0, torchvision_model
 
     build = efficientnet_lite0 if model == "efficientnet_lite0" else lambda **kw: torchvision_model("resnet18", **kw)
     return build(num_classes=2, pretrained=False).preprocess.at_size(image_size)

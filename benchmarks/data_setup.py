@@ -39,8 +39,8 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tl.data import ImageFolderData  # noqa: E402
-from tl.models import Preprocess  # noqa: E402
+from tl.data.folders import ImageFolderData  # noqa: E402
+from tl.models.backbones import Preprocess  # noqa: E402
 
 PREPROCESS = Preprocess(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -60,7 +60,7 @@ def make_photos(root: Path, count: int, width: int, height: int) -> None:
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(make, range(count)))
     # Dated back, as photos copied in earlier would be: a manifest keeps no record of a file written in
-    # the last seconds, which may still change within its timestamp's tick (tl/manifest.py).
+    # the last seconds, which may still change within its timestamp's tick (tl/data/manifest.py).
     an_hour_ago = time.time() - 3600
     for path in root.rglob("*.jpg"):
         os.utime(path, (an_hour_ago, an_hour_ago))

@@ -50,7 +50,7 @@ import data_setup  # noqa: E402
 ROOT = compare.ROOT
 TUTORIAL_STARTS = 3  # the tutorial's start is short and noisy: the median of this many
 
-# Hydra's log format: [2026-11-29 13:50:43,781][tl.manifest][INFO] - checking 24 new or changed file(s) in ...
+# Hydra's log format: [2026-11-29 13:50:43,781][tl.data.manifest][INFO] - checking 24 new or changed file(s) in ...
 LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[([^\]]+)\]\[(\w+)\] - (.*)$")
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*\| (\d+(?:\.\d+)?)s, ")
 CHECKED_LINE = re.compile(r"^checked (\d+) file\(s\) in (\d+(?:\.\d+)?) s")
@@ -113,18 +113,18 @@ def phases(lines: list[LogLine], started: float, exited: float) -> dict:
         return next((line.time for line in lines if line.logger == logger and line.message.startswith(prefix)), None)
 
     ready = first("tl", "starting:")
-    epochs = [(line.time, float(m[3])) for line in lines if line.logger == "tl.trainer"
+    epochs = [(line.time, float(m[3])) for line in lines if line.logger == "tl.training.trainer"
               and (m := EPOCH_LINE.match(line.message))]  # fmt: skip
     if ready is None or not epochs:
         missing = "the 'starting:' line (run.py)" if ready is None else "an 'epoch k/N' line"
         raise ValueError(f"the run's output has no {missing}")
-    computing = first("tl.features", "computing the backbone's features")
-    features_end = first("tl.features", "cached ") or first("tl.features", "loaded ")
-    run_line = first("tl.tracking", "MLflow run ")
+    computing = first("tl.training.features", "computing the backbone's features")
+    features_end = first("tl.training.features", "cached ") or first("tl.training.features", "loaded ")
+    run_line = first("tl.tracking.tracker", "MLflow run ")
     epochs_start = epochs[0][0] - epochs[0][1]  # epoch 1 is logged at its end
     data_end = computing or features_end or run_line or epochs_start
     run_start = features_end or data_end
-    checked = [CHECKED_LINE.match(line.message) for line in lines if line.logger == "tl.manifest"]
+    checked = [CHECKED_LINE.match(line.message) for line in lines if line.logger == "tl.data.manifest"]
     checked = [match for match in checked if match]
     return {
         "imports_s": ready - started,

@@ -6,7 +6,7 @@ same machine, and predict.py's peak memory on folders of two sizes.
     python benchmarks/serving.py --data PATH        # a folder of yours (read only)
 
 The model is EfficientNet-Lite0 (ImageNet weights, shipped with tl) with a new 2-class head at
-`--image-size`, logged as a training run logs it (tl/logged_model.py) to a temporary store. Then:
+`--image-size`, logged as a training run logs it (tl/models/logged_model.py) to a temporary store. Then:
 - memory: `predict.py` (a child process, its defaults: batch 8, one batch at a time per core) on
   the first N images of the folder, for each N of `--sizes`: its wall time, its own images per second
   (its log line, from the first batch to the last: start-up and model loading excluded), and the peak
@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compare  # noqa: E402
 import data_setup  # noqa: E402
 
-from tl import logged_model  # noqa: E402
-from tl.models import efficientnet_lite0  # noqa: E402
+from tl.models import logged_model  # noqa: E402
+from tl.models.backbones import efficientnet_lite0  # noqa: E402
 
 
 def log_model(store: str, image_size: int) -> str:

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tl.provenance import cpu_features, cpu_model
+from tl.core.provenance import cpu_features, cpu_model
 
 
 def steps(fast: bool, batch_size: int, image_size: int) -> tuple[Callable[[], None], Callable[[], None]]:

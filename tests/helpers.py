@@ -119,8 +119,8 @@ def log_untrained_model(classes: list[str], image_size: int = 32) -> str:
 
     import torch
 
-    from tl.models import efficientnet_lite0
-    from tl.tracking import MlflowTracker
+    from tl.models.backbones import efficientnet_lite0
+    from tl.tracking.tracker import MlflowTracker
 
     model = efficientnet_lite0(num_classes=len(classes))
     metadata = {"classes": classes, "preprocess": asdict(model.preprocess.at_size(image_size))}

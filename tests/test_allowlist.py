@@ -6,9 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.helpers import CONF_DIR, ROOT, compose_config, run_cli
-from tl import allowlist
-from tl.checkpoints import Checkpoint, TrainingState
-from tl.errors import TLError
+from tl.core.errors import TLError
+from tl.tracking import allowlist
+from tl.training.checkpoints import Checkpoint, TrainingState
 
 OFFERS = allowlist.offered(CONF_DIR, ROOT / "experiments")
 
@@ -36,7 +36,7 @@ def test_every_option_of_every_group_passes():
     ("change", "named"),
     [
         ({"data": {"_target_": "builtins.open", "_args_": ["x", "w"]}}, "data._target_=builtins.open"),
-        ({"data": {"_target_": "tl.data.image_folder", "_args_": ["x"]}}, "data._args_"),
+        ({"data": {"_target_": "tl.data.folders.image_folder", "_args_": ["x"]}}, "data._args_"),
         ({"optimizer": {"_partial_": False}}, "optimizer._partial_=false"),
         ({"model": {"weights": {"_target_": "os.system", "command": "true"}}}, "model.weights._target_"),
         ({"data": {"train_crop_scale": [{"_target_": "os.getcwd"}, 1.0]}}, "data.train_crop_scale.0._target_"),

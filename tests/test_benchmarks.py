@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, make_image_folder
-from tl.provenance import cpu_model
+from tl.core.provenance import cpu_model
 
 
 def _benchmark_module(name: str):
@@ -133,27 +133,28 @@ def _at(seconds: float) -> str:
 
 
 START = datetime(2026, 11, 29, 13, 50).timestamp()
+FEATURES, TRAINER, TRACKER = "tl.training.features", "tl.training.trainer", "tl.tracking.tracker"  # loggers
 WARNING = "/venv/torch/utils/data/dataloader.py:431: UserWarning: This DataLoader will create 4 worker processes"
 
 
 def _frozen_log(first: bool) -> str:
     features = (
-        [f"[{_at(5.0)}][tl.features][INFO] - computing the backbone's features of 800 train and 200 val images",
-         WARNING, f"[{_at(14.5)}][tl.features][INFO] - cached 800 train and 200 val feature vectors of size 512",
+        [f"[{_at(5.0)}][{FEATURES}][INFO] - computing the backbone's features of 800 train and 200 val images",
+         WARNING, f"[{_at(14.5)}][{FEATURES}][INFO] - cached 800 train and 200 val feature vectors of size 512",
          "2026/11/29 13:50:15 INFO mlflow.store.db.utils: Creating initial MLflow database tables..."]
         if first
-        else [f"[{_at(4.75)}][tl.features][INFO] - loaded 800 train and 200 val feature vectors from /c/f/0a.pt"]
+        else [f"[{_at(4.75)}][{FEATURES}][INFO] - loaded 800 train and 200 val feature vectors from /c/f/0a.pt"]
     )  # fmt: skip
-    checks = [f"[{_at(3.1)}][tl.manifest][INFO] - checking 1000 new or changed file(s) in /data",
-              f"[{_at(4.6)}][tl.manifest][INFO] - checked 1000 file(s) in 1.5 s"] if first else []  # fmt: skip
+    checks = [f"[{_at(3.1)}][tl.data.manifest][INFO] - checking 1000 new or changed file(s) in /data",
+              f"[{_at(4.6)}][tl.data.manifest][INFO] - checked 1000 file(s) in 1.5 s"] if first else []  # fmt: skip
     return "\n".join([
         f"[{_at(3.0)}][tl][INFO] - starting: config checked, libraries loaded", *checks, *features,
-        f"[{_at(19.0)}][tl.tracking][INFO] - MLflow run 0123abcd (+experiment=tutorial_frozen) in sqlite:///m.db",
-        f"[{_at(19.5)}][tl.trainer][INFO] - epoch 1/3  train loss 0.7 acc 0.5 | val loss 0.7 acc 0.5 | 0.2s, 400 img/s",
-        f"[{_at(19.8)}][tl.trainer][INFO] - epoch 2/3  train loss 0.6 acc 0.6 | val loss 0.6 acc 0.6 | 0.3s, 267 img/s",
-        f"[{_at(20.1)}][tl.trainer][INFO] - epoch 3/3  train loss 0.5 acc 0.7 | val loss 0.5 acc 0.7 | 0.3s, 267 img/s",
-        f"[{_at(20.1)}][tl.trainer][INFO] - best val acc 0.7000 at epoch 3; its weights are restored",
-        f"[{_at(23.0)}][tl.tracking][INFO] - run 0123abcd: best val acc 0.7000 (epoch 3); browse it with `mlflow ui`",
+        f"[{_at(19.0)}][{TRACKER}][INFO] - MLflow run 0123abcd (+experiment=tutorial_frozen) in sqlite:///m.db",
+        f"[{_at(19.5)}][{TRAINER}][INFO] - epoch 1/3  train loss 0.7 acc 0.5 | val loss 0.7 acc 0.5 | 0.2s, 400 img/s",
+        f"[{_at(19.8)}][{TRAINER}][INFO] - epoch 2/3  train loss 0.6 acc 0.6 | val loss 0.6 acc 0.6 | 0.3s, 267 img/s",
+        f"[{_at(20.1)}][{TRAINER}][INFO] - epoch 3/3  train loss 0.5 acc 0.7 | val loss 0.5 acc 0.7 | 0.3s, 267 img/s",
+        f"[{_at(20.1)}][{TRAINER}][INFO] - best val acc 0.7000 at epoch 3; its weights are restored",
+        f"[{_at(23.0)}][{TRACKER}][INFO] - run 0123abcd: best val acc 0.7000 (epoch 3); browse it with `mlflow ui`",
     ])  # fmt: skip
 
 
@@ -174,7 +175,7 @@ def test_a_repeat_runs_data_set_up_lasts_until_its_cached_features_are_loaded():
 
 
 def test_without_features_the_data_set_up_lasts_until_the_mlflow_run_starts():
-    log = _frozen_log(first=False).replace("[tl.features]", "[elsewhere]")
+    log = _frozen_log(first=False).replace(f"[{FEATURES}]", "[elsewhere]")
     measured = overhead.phases(overhead.parse_log(log), START, START + 24.0)
     assert measured["features"] is None and measured["data_set_up_s"] == pytest.approx(16.0)
     assert measured["run_start_s"] == pytest.approx(0.3)

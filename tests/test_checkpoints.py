@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tl import checkpoints
-from tl.checkpoints import Checkpoint, TrainingState
-from tl.errors import Interrupted, TLError
+from tl.core.errors import Interrupted, TLError
+from tl.training import checkpoints
+from tl.training.checkpoints import Checkpoint, TrainingState
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 ABOUT = {"run_id": RUN_ID, "config": "lr: 0.1\n", "choices": {"model": "m"}}  # what run.py adds to every state

@@ -19,8 +19,8 @@ from PIL import Image
 
 from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
 from tests.servers import start_mlflow_server
-from tl import evaluation
-from tl.statistics import paired_t_test
+from tl.evaluation import reports
+from tl.evaluation.uncertainty import paired_t_test
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(froze
     # The curves are the run's own metric histories: drawn again from them, the figure is the same.
     history = [dict(zip(CURVE_KEYS, values, strict=True)) for values in zip(*metric_histories(run.info.run_id,
                CURVE_KEYS).values(), strict=True)]  # fmt: skip
-    assert_same_figure(logged_pixels(run.info.run_id, "evaluation/curves.png"), evaluation.plot_curves(history))
+    assert_same_figure(logged_pixels(run.info.run_id, "evaluation/curves.png"), reports.plot_curves(history))
     table = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/per_class.csv").splitlines()
     assert table[0] == "class,precision,recall,f1,support" and len(table) == 4
     assert {"macro_precision", "macro_recall", "macro_f1"} <= run.data.metrics.keys()
@@ -129,7 +129,7 @@ def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folde
     # The comparison plot is the configurations' accuracies: drawn again from the CSV, the figure is the same.
     rows = configuration_rows(parent.info.run_id)
     assert len(rows) == 4 and all(row["test"].startswith("McNemar exact, 9 paired images") for row in rows[1:])
-    assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), evaluation.plot_sweep(rows))
+    assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), reports.plot_sweep(rows))
 
 
 def test_monitor_val_loss_picks_the_epoch_and_the_sweep_job_of_lowest_validation_loss(
@@ -207,7 +207,7 @@ def test_a_sweep_over_seeds_gives_each_strategy_its_mean_spread_and_a_test_again
         listed = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/evaluation/val_predictions.csv")
         assert len(listed.splitlines()) == 1 + 9  # the header, then each of the 9 validation images
     # The comparison plot is drawn from the CSV: bars with error bars, the same figure again.
-    assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), evaluation.plot_sweep(rows))
+    assert_same_figure(logged_pixels(parent.info.run_id, "sweep/comparison.png"), reports.plot_sweep(rows))
     assert "95% interval" in result.stderr
 
 

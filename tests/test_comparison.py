@@ -1,7 +1,7 @@
 import pytest
 from scipy import stats
 
-from tl.comparison import Job, compare, configuration_of
+from tl.sweeps.comparison import Job, compare, configuration_of
 
 
 def jobs_over_seeds(values: dict[str, list[float]]) -> list[Job]:

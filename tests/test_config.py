@@ -8,12 +8,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tests.helpers import CONF_DIR, ROOT, compose_config, make_image_folder
-from tl.data import ImageFolderData
-from tl.models import TransferModel
-from tl.schedulers import Schedule
-from tl.strategies import Strategy
-from tl.tracking import MlflowTracker
-from tl.trainer import Trainer
+from tl.data.folders import ImageFolderData
+from tl.models.backbones import TransferModel
+from tl.tracking.tracker import MlflowTracker
+from tl.training.schedulers import Schedule
+from tl.training.strategies import Strategy
+from tl.training.trainer import Trainer
 
 # Every config group in conf/, found there: a new group or option is tested without editing this file.
 # hparams_search configures Hydra's sweeper, not a part of the run (tests/test_cli.py runs it).
@@ -72,7 +72,7 @@ def test_option_composes_and_instantiates(tmp_path, group, option):
     assert isinstance(model, TransferModel)
     assert model.network(torch.randn(2, 3, 64, 64)).shape == (2, len(data.classes))
     strategy = instantiate(cfg.strategy)
-    assert isinstance(strategy, Strategy)  # the contract a new strategy implements (tl/strategies.py)
+    assert isinstance(strategy, Strategy)  # the contract a new strategy implements (tl/training/strategies.py)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     assert isinstance(optimizer, torch.optim.Optimizer)
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=3)
@@ -90,12 +90,16 @@ def test_top_level_lr_reaches_the_optimizer():
 @pytest.mark.parametrize("strategy", ["finetune", "frozen"])
 def test_tutorial_presets_carry_the_tutorials_exact_recipe(strategy):
     cfg = compose_config([f"+experiment=tutorial_{strategy}"])
-    assert cfg.model.name == "resnet18" and cfg.model._target_ == "tl.models.torchvision_model"
-    assert cfg.strategy._target_ == f"tl.strategies.{strategy.capitalize()}"
+    assert cfg.model.name == "resnet18" and cfg.model._target_ == "tl.models.backbones.torchvision_model"
+    assert cfg.strategy._target_ == f"tl.training.strategies.{strategy.capitalize()}"
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 1e-3 and cfg.optimizer.momentum == 0.9
-    assert (cfg.scheduler._target_, cfg.scheduler.step_size, cfg.scheduler.gamma) == ("tl.schedulers.step", 7, 0.1)
+    assert (cfg.scheduler._target_, cfg.scheduler.step_size, cfg.scheduler.gamma) == (
+        "tl.training.schedulers.step",
+        7,
+        0.1,
+    )
     assert (cfg.batch_size, cfg.epochs, cfg.data.batch_size) == (4, 25, 4)
-    assert cfg.data._target_ == "tl.data.hymenoptera" and cfg.data.image_size is None
+    assert cfg.data._target_ == "tl.data.folders.hymenoptera" and cfg.data.image_size is None
 
 
 @pytest.mark.parametrize(("overrides", "direction"), [([], "maximize"), (["monitor=val_loss"], "minimize"),
@@ -112,4 +116,4 @@ def test_launcher_configs_compose_without_their_clusters():
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
         assert cfg.hydra.launcher._target_.endswith(target)
-        assert cfg.hydra.callbacks.mlflow_sweep._target_ == "tl.sweep.SweepParentRun"
+        assert cfg.hydra.callbacks.mlflow_sweep._target_ == "tl.sweeps.parent_run.SweepParentRun"

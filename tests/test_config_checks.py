@@ -2,9 +2,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import compose_config
-from tl.config import check_config
-from tl.errors import TLError
-from tl.tracking import MlflowTracker
+from tl.core.checks import check_config
+from tl.core.errors import TLError
+from tl.tracking.tracker import MlflowTracker
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ from PIL import Image
 from torchvision.datasets import FashionMNIST
 
 from tests.helpers import BAD_IMAGES, make_image_folder
-from tl.data import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder, image_problem
-from tl.errors import TLError
-from tl.images import DecodedImages, load_image
-from tl.models import Preprocess
-from tl.prediction import Row, predict
-from tl.pyfunc_model import Classifier
+from tl.core.errors import TLError
+from tl.data.folders import FASHION_SAMPLE_ROOT, fashion_sample, hymenoptera, image_folder, image_problem
+from tl.data.images import DecodedImages, load_image
+from tl.models.backbones import Preprocess
+from tl.models.pyfunc_model import Classifier
+from tl.serving.prediction import Row, predict
 
 PRE = Preprocess(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -160,7 +160,7 @@ def test_a_lone_last_training_image_is_dropped_so_batchnorm_can_train(image_fold
 
 
 def test_unreadable_images_are_found_up_front_and_skipped_with_one_warning(folder_with_bad_images, caplog):
-    with caplog.at_level(logging.WARNING, logger="tl.data"):
+    with caplog.at_level(logging.WARNING, logger="tl.data.folders"):
         data = image_folder_data(folder_with_bad_images, image_size=32)
     assert data.bad_images == BAD_IMAGES
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -222,7 +222,7 @@ def test_images_kept_in_memory_give_the_same_batches_as_files_read_every_epoch(i
     first = [(_batches(cached_train), _batches(cached_val)), (_batches(train), _batches(val))]
     assert len(cached.images) == 27  # the first epoch stored every image it read
     # The cached loaders read no file any more.
-    monkeypatch.setattr("tl.images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
+    monkeypatch.setattr("tl.data.images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
     second = [(_batches(cached_train), _batches(cached_val))]
     monkeypatch.undo()
     second.append((_batches(train), _batches(val)))
@@ -239,7 +239,7 @@ def test_images_that_workers_decode_are_kept_for_the_next_epochs_workers(image_f
     assert sum(len(labels) for _, labels in train) == 18
     assert len(data.images) == 18  # written by the workers, seen by the parent
     # Forked after this, the next epoch's workers fail if they read a file.
-    monkeypatch.setattr("tl.images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
+    monkeypatch.setattr("tl.data.images.load_image", lambda path, *args: pytest.fail(f"read {path}"))
     assert sum(len(labels) for _, labels in train) == 18
 
 

@@ -13,12 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from tests.helpers import ROOT, runs, tiny
-from tl.distributed import Processes
-from tl.errors import TLError
-from tl.models import Preprocess, TransferModel
-from tl.schedulers import step
-from tl.strategies import Finetune
-from tl.trainer import Trainer
+from tl.core.distributed import Processes
+from tl.core.errors import TLError
+from tl.models.backbones import Preprocess, TransferModel
+from tl.training.schedulers import step
+from tl.training.strategies import Finetune
+from tl.training.trainer import Trainer
 
 GLOBAL_BATCH = 8
 

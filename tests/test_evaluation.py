@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from tl import evaluation
-from tl.evaluation import Predictions
-from tl.models import Preprocess
+from tl.core.metrics import Predictions
+from tl.evaluation import reports
+from tl.models.backbones import Preprocess
 
 CLASSES = ["ants", "bees", "wasps"]
 
@@ -28,16 +28,16 @@ def png_pixels(figure) -> np.ndarray:
 
 def test_confusion_matrix_and_per_class_scores():
     predictions = predictions_for([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], [1.0] * 6)
-    matrix = evaluation.confusion_matrix(predictions, 3)
+    matrix = reports.confusion_matrix(predictions, 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    rows, macro = evaluation.per_class_report(matrix, CLASSES)
+    rows, macro = reports.per_class_report(matrix, CLASSES)
     assert rows[1] == {"class": "bees", "precision": 2 / 3, "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
     assert macro["macro_recall"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
 
 
 def test_a_class_never_predicted_scores_zero_not_nan():
     matrix = np.array([[2, 0], [2, 0]])
-    rows, macro = evaluation.per_class_report(matrix, ["a", "b"])
+    rows, macro = reports.per_class_report(matrix, ["a", "b"])
     assert rows[1]["precision"] == 0.0 and rows[1]["f1"] == 0.0 and not np.isnan(macro["macro_f1"])
 
 
@@ -50,10 +50,10 @@ def figures(predicted: list[int], accuracy: float, seed: int) -> dict[str, np.nd
                {"train_loss": 0.5, "val_loss": 0.7, "train_acc": accuracy, "val_acc": accuracy}]  # fmt: skip
     pre = Preprocess(16, 16, "bilinear", (0.5,) * 3, (0.5,) * 3)
     drawn = {
-        "confusion": evaluation.plot_confusion_matrix(evaluation.confusion_matrix(predictions, 3), CLASSES),
-        "curves": evaluation.plot_curves(history),
-        "worst": evaluation.plot_worst_misclassified(predictions, dataset, CLASSES, pre),
-        "sweep": evaluation.plot_sweep(
+        "confusion": reports.plot_confusion_matrix(reports.confusion_matrix(predictions, 3), CLASSES),
+        "curves": reports.plot_curves(history),
+        "worst": reports.plot_worst_misclassified(predictions, dataset, CLASSES, pre),
+        "sweep": reports.plot_sweep(
             [
                 {
                     "configuration": "lr=0.1",
@@ -89,7 +89,7 @@ def test_figures_draw_their_data():
 
 def test_worst_misclassified_are_the_most_confident_errors():
     predictions = predictions_for([0, 1, 2, 2], [1, 1, 0, 0], [3.0, 9.0, 1.0, 5.0])
-    figure = evaluation.plot_worst_misclassified(
+    figure = reports.plot_worst_misclassified(
         predictions, TensorDataset(torch.rand(4, 3, 8, 8), predictions.labels), CLASSES,
         Preprocess(8, 8, "bilinear", (0,) * 3, (1,) * 3),
     )  # fmt: skip

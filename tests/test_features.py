@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import make_image_folder
-from tl import features
-from tl.data import image_folder
-from tl.models import efficientnet_lite0
-from tl.trainer import Trainer
+from tl.data.folders import image_folder
+from tl.models.backbones import efficientnet_lite0
+from tl.training import features
+from tl.training.trainer import Trainer
 
 CPU_TRAINER = Trainer(epochs=1, device="cpu", precision="32")
 

@@ -3,9 +3,9 @@ from collections import Counter
 import pytest
 
 from tests.helpers import make_image_folder
-from tl import folds
-from tl.data import ImageFolderData
-from tl.errors import TLError
+from tl.core.errors import TLError
+from tl.data import folds
+from tl.data.folders import ImageFolderData
 
 CLASSES = ["a", "b", "c"]
 
@@ -63,6 +63,6 @@ def test_a_fold_is_what_the_loaders_read(tmp_path):
 
 
 def data_preprocess():
-    from tl.models import Preprocess
+    from tl.models.backbones import Preprocess
 
     return Preprocess(32, 32, "bilinear", (0.5,) * 3, (0.5,) * 3)

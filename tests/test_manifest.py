@@ -1,4 +1,4 @@
-"""The manifest: what the set-up pass learned about each image, kept between runs (tl/manifest.py)."""
+"""The manifest: what the set-up pass learned about each image, kept between runs (tl/data/manifest.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from tests.helpers import BAD_IMAGES, ROOT, compose_config, make_image_folder
-from tl.data import ImageFolderData
-from tl.images import image_problem
-from tl.manifest import VERSION, DatasetFingerprint
-from tl.provenance import file_sha256
+from tl.core.provenance import file_sha256
+from tl.data.folders import ImageFolderData
+from tl.data.images import image_problem
+from tl.data.manifest import VERSION, DatasetFingerprint
 
 AN_HOUR_AGO = time.time() - 3600
 
@@ -78,8 +78,12 @@ def test_the_fingerprint_is_the_one_computed_by_hashing_every_file(folder_with_b
 def test_a_repeat_run_on_an_unchanged_folder_reads_decodes_and_hashes_nothing(folder, tmp_path, monkeypatch):
     first = build(folder, tmp_path / "manifests").fingerprint()
     calls = []
-    readers = ("tl.manifest.Manifest._examine", "pathlib.Path.read_bytes", "tl.provenance.file_sha256")  # read, hash
-    for target in (*readers, "tl.data.image_problem", "PIL.Image.open"):  # decode
+    readers = (
+        "tl.data.manifest.Manifest._examine",
+        "pathlib.Path.read_bytes",
+        "tl.core.provenance.file_sha256",
+    )  # read, hash
+    for target in (*readers, "tl.data.folders.image_problem", "PIL.Image.open"):  # decode
         monkeypatch.setattr(target, lambda *args, _name=target, **kwargs: calls.append(_name))
     again = build(folder, tmp_path / "manifests")
     assert again.fingerprint() == first
@@ -130,7 +134,7 @@ def test_bad_images_come_back_from_the_manifest_unchanged(folder_with_bad_images
     age(folder_with_bad_images)
     first = build(folder_with_bad_images, tmp_path / "manifests")
     assert first.bad_images == BAD_IMAGES
-    monkeypatch.setattr("tl.data.image_problem", lambda contents: pytest.fail("an image was checked again"))
+    monkeypatch.setattr("tl.data.folders.image_problem", lambda contents: pytest.fail("an image was checked again"))
     again = build(folder_with_bad_images, tmp_path / "manifests")
     assert again.bad_images == BAD_IMAGES and again.fingerprint() == first.fingerprint()
     with pytest.raises(Exception, match="4 unreadable image"):
@@ -158,7 +162,7 @@ def test_a_damaged_manifest_is_rebuilt(folder, tmp_path, damage, caplog):
     expected = build(folder, tmp_path / "manifests").fingerprint()
     path = manifest_file(tmp_path / "manifests")
     path.write_text(damage(path.read_text()))
-    with caplog.at_level(logging.INFO, logger="tl.manifest"):
+    with caplog.at_level(logging.INFO, logger="tl.data.manifest"):
         assert build(folder, tmp_path / "manifests").fingerprint() == expected
     assert any(str(path) in record.getMessage() and "rebuilding" in record.getMessage() for record in caplog.records)
     files = json.loads(path.read_text())["files"]
@@ -169,7 +173,7 @@ WORKER = """
 import logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO)  # the manifest's "checking N new or changed file(s)" line
-from tl.data import ImageFolderData
+from tl.data.folders import ImageFolderData
 root, manifest_dir, ready, go = sys.argv[1:]
 Path(ready).touch()
 while not Path(go).exists():
@@ -211,7 +215,7 @@ def test_files_written_just_now_are_examined_again_next_time(tmp_path, monkeypat
     folder = make_image_folder(tmp_path / "data")  # written now: their mtime is within the racy window
     first = build(folder, tmp_path / "manifests").fingerprint()
     checked = []
-    monkeypatch.setattr("tl.data.image_problem", lambda contents: checked.append(contents) or None)
+    monkeypatch.setattr("tl.data.folders.image_problem", lambda contents: checked.append(contents) or None)
     assert build(folder, tmp_path / "manifests").fingerprint() == first
     assert len(checked) == 27
 
@@ -227,7 +231,7 @@ def test_the_manifest_is_kept_in_the_tl_cache_not_in_the_data_folder(folder, fea
 def test_a_manifest_that_cannot_be_saved_costs_a_warning_not_the_run(folder, tmp_path, caplog):
     blocked = tmp_path / "a_file"
     blocked.write_text("")
-    with caplog.at_level(logging.WARNING, logger="tl.manifest"):
+    with caplog.at_level(logging.WARNING, logger="tl.data.manifest"):
         data = build(folder, blocked / "manifests")
     assert data.fingerprint() == old_fingerprint(data)
     assert any("could not save" in record.getMessage() for record in caplog.records)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from tl import metrics
-from tl.errors import TLError
-from tl.evaluation import Predictions
+from tl.core import metrics
+from tl.core.errors import TLError
+from tl.core.metrics import Predictions
 
 
 def test_validation_metrics_are_computed_by_name_from_the_predictions():

@@ -7,9 +7,15 @@ from skimage import data as skimage_data
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
 
-from tl.errors import TLError
-from tl.models import Preprocess, efficientnet_lite0, efficientnet_lite0_imagenet, timm_model, torchvision_model
-from tl.provenance import file_sha256
+from tl.core.errors import TLError
+from tl.core.provenance import file_sha256
+from tl.models.backbones import (
+    Preprocess,
+    efficientnet_lite0,
+    efficientnet_lite0_imagenet,
+    timm_model,
+    torchvision_model,
+)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import log_untrained_model, make_image_folder, run_cli
-from tl.errors import TLError
-from tl.models import efficientnet_lite0
-from tl.prediction import list_inputs, load_logged_model, predict, predict_to_csv
+from tl.core.errors import TLError
+from tl.models.backbones import efficientnet_lite0
+from tl.serving.prediction import list_inputs, load_logged_model, predict, predict_to_csv
 
 CLASSES = ["ants", "bees", "wasps"]
 

@@ -3,7 +3,7 @@ from collections import OrderedDict
 
 import torch
 
-from tl.provenance import CPU_FEATURES, code_state, environment, state_dict_sha256
+from tl.core.provenance import CPU_FEATURES, code_state, environment, state_dict_sha256
 
 
 def test_state_dict_digest_ignores_key_order_but_not_values():

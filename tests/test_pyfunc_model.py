@@ -24,8 +24,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from tests.helpers import log_untrained_model, make_image_folder, run_cli, runs, tiny
-from tl.prediction import Row, load_logged_model, predict
-from tl.pyfunc_model import MAX_IMAGE_BYTES
+from tl.models.pyfunc_model import MAX_IMAGE_BYTES
+from tl.serving.prediction import Row, load_logged_model, predict
 
 CLASSES = ["ants", "bees", "wasps"]
 UNREADABLE = "no image in the request could be read (image 0: not an image"

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
-from tl import checkpoints
+from tl.training import checkpoints
 
 pytestmark = pytest.mark.slow
 

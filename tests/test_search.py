@@ -1,6 +1,6 @@
-"""tl's Optuna sweeper (tl/search.py, tl/studies.py): search spaces, stored studies and their checks, trials
-of a sweeper that died; end to end, studies continued, shared by two sweepers in PostgreSQL, and a sweeper
-killed mid-trial; and an MLflow server whose store is PostgreSQL."""
+"""tl's Optuna sweeper (tl/sweeps/search.py, tl/sweeps/studies.py): search spaces, stored studies and their
+checks, trials of a sweeper that died; end to end, studies continued, shared by two sweepers in PostgreSQL, and a
+sweeper killed mid-trial; and an MLflow server whose store is PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from optuna.trial import TrialState
 
 from tests.helpers import ROOT, run_cli, runs, tiny
 from tests.servers import create_database, free_port, start_mlflow_server
-from tl import search as optuna_search
-from tl import studies
-from tl.errors import TLError
-from tl.runs import PARENT_RUN_ENV, PROCESS_TAG, end_runs_of_dead_processes
-from tl.search import BEST_TAG, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, TRIAL_TAG, search_space
+from tl.core.errors import TLError
+from tl.sweeps import search as optuna_search
+from tl.sweeps import studies
+from tl.sweeps.search import BEST_TAG, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, TRIAL_TAG, search_space
+from tl.tracking.processes import end_runs_of_dead_processes
+from tl.tracking.runs import PARENT_RUN_ENV, PROCESS_TAG
 
 SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
 

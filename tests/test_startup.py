@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "timm", "mlflow", "matplotlib")
 # run.py as `python run.py ARGS` runs it, then the heavy packages it imported, as the last line on stderr.
-# At exit, as run.py may end the process with os._exit after the atexit handlers (tl/cli.py).
+# At exit, as run.py may end the process with os._exit after the atexit handlers (tl/core/cli.py).
 WRAPPER = f"""
 import atexit, runpy, sys
 sys.path.insert(0, {str(ROOT)!r})  # as `python run.py` puts the script's folder first

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tl.models import efficientnet_lite0
-from tl.strategies import Finetune, Frozen, Gradual, Partial
+from tl.models.backbones import efficientnet_lite0
+from tl.training.strategies import Finetune, Frozen, Gradual, Partial
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -95,7 +95,7 @@ def test_partial_trains_exactly_the_last_n_blocks_and_head(model, n):
 
 
 def test_partial_rejects_more_blocks_than_the_backbone_has(model):
-    from tl.errors import TLError
+    from tl.core.errors import TLError
 
     with pytest.raises(TLError, match="out of range"):
         Partial(n=len(model.blocks) + 1).param_groups(model, 1e-3)

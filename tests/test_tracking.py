@@ -18,19 +18,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tl.manifest import DatasetFingerprint
-from tl.models import efficientnet_lite0
-from tl.provenance import CodeState
-from tl.runs import (
-    PROCESS_TAG,
-    _identity,
-    _lock_path,
-    _unreachable,
-    create_store_in_background,
-    this_process,
-    use_store,
-)
-from tl.tracking import MlflowTracker, flatten, run_name
+from tl.core.provenance import CodeState
+from tl.data.manifest import DatasetFingerprint
+from tl.models.backbones import efficientnet_lite0
+from tl.tracking.processes import _identity, this_process
+from tl.tracking.runs import PROCESS_TAG
+from tl.tracking.stores import _lock_path, _unreachable, create_store_in_background, use_store
+from tl.tracking.tracker import MlflowTracker, flatten, run_name
 
 
 def test_flatten_gives_dotted_keys_and_drops_hydra_keys():

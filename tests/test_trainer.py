@@ -6,13 +6,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tl import checkpoints
-from tl.checkpoints import Checkpoint
-from tl.errors import TLError
-from tl.models import Preprocess, TransferModel
-from tl.schedulers import none, onecycle, step
-from tl.strategies import Finetune
-from tl.trainer import Trainer
+from tl.core.errors import TLError
+from tl.models.backbones import Preprocess, TransferModel
+from tl.training import checkpoints
+from tl.training.checkpoints import Checkpoint
+from tl.training.schedulers import none, onecycle, step
+from tl.training.strategies import Finetune
+from tl.training.trainer import Trainer
 
 
 def tiny_model() -> TransferModel:
@@ -180,7 +180,7 @@ def test_precision_is_checked_and_auto_is_fp32_on_a_cpu():
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_auto_computes_kept_features_in_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native_bf16):
-    monkeypatch.setattr("tl.numerics.cpu_features", lambda: ["avx2", "avx512_bf16"] if native_bf16 else ["avx2"])
+    monkeypatch.setattr("tl.core.numerics.cpu_features", lambda: ["avx2", "avx512_bf16"] if native_bf16 else ["avx2"])
     trainer = Trainer(epochs=1, device="cpu")
     assert trainer.precision == "32"  # training steps
     assert trainer.inference_precision == ("bf16" if native_bf16 else "32")

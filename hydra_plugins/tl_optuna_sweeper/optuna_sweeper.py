@@ -1,5 +1,5 @@
 """`hydra/sweeper=tl_optuna`: its settings, and the Sweeper Hydra instantiates, which hands the work to
-tl/search.py. Hydra imports this module for every command, single runs too: it imports nothing heavy."""
+tl/sweeps/search.py. Hydra imports this module for every command, single runs too: it imports nothing heavy."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +35,10 @@ ConfigStore.instance().store(group="hydra/sweeper", name="tl_optuna", node=Optun
 
 
 class OptunaSweeper(Sweeper):
-    """The Hydra plugin; the search is tl.search.OptunaSearch (imported here, only when a search starts)."""
+    """The Hydra plugin; the search is tl.sweeps.search.OptunaSearch (imported here, only when a search starts)."""
 
     def __init__(self, **settings: Any) -> None:
-        from tl.search import OptunaSearch
+        from tl.sweeps.search import OptunaSearch
 
         self.search = OptunaSearch(**settings)
 

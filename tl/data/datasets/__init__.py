@@ -1,0 +1,1 @@
+"""Datasets tl ships: the Fashion-MNIST sample and how it was built."""

@@ -1,0 +1,1 @@
+"""The fit: the epoch loop, strategies (what trains), frozen features, checkpoints and schedules."""

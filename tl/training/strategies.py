@@ -1,0 +1,160 @@
+"""Transfer-learning strategies: which parameters train, in which groups, when that changes, and on what data.
+
+Each `strategy` config option (conf/strategy/NAME.yaml) points at one `Strategy` subclass here; a
+new strategy is one class and one YAML file. run.py calls `param_groups` once (the optimizer
+receives only what it returns) and `fit_inputs` once; the trainer calls `start_epoch` before
+every training epoch, which sets `requires_grad` and the train/eval mode of each module.
+Frozen modules stay in eval mode, so their BatchNorm running statistics do not drift.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tl.core.errors import TLError
+from tl.models.backbones import TransferModel
+
+if TYPE_CHECKING:
+    from tl.data.folders import ImageFolderData
+    from tl.training.trainer import Trainer
+
+ParamGroups = list[dict[str, Any]]
+
+
+class Strategy(ABC):
+    """What a strategy provides: `param_groups` and `start_epoch` (required), `fit_inputs` (optional).
+
+    A subclass's constructor arguments are its YAML keys (conf/strategy/NAME.yaml, `_target_` this class).
+    """
+
+    @abstractmethod
+    def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
+        """The optimizer's parameter groups, each a dict with `params`, `lr` and a `name` (logged as lr_NAME).
+        Parameters left out are never updated. Called once, before training."""
+
+    @abstractmethod
+    def start_epoch(self, model: TransferModel, epoch: int) -> None:
+        """Before epoch `epoch` (0-based): set which modules train (`requires_grad`, train/eval mode)."""
+
+    def fit_inputs(
+        self,
+        model: TransferModel,
+        data: ImageFolderData,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        trainer: Trainer,
+    ) -> tuple[TransferModel, DataLoader, DataLoader]:
+        """What the epoch loop trains and validates on: by default the model and the image loaders.
+        A strategy may replace them (`Frozen` trains its head on cached features)."""
+        return model, train_loader, val_loader
+
+
+def _train_only(model: TransferModel, trainable: list[nn.Module]) -> None:
+    """Put `trainable` in train mode with gradients; freeze everything else in eval mode."""
+    model.network.eval()
+    model.network.requires_grad_(False)
+    for module in trainable:
+        module.train()
+        module.requires_grad_(True)
+
+
+class Finetune(Strategy):
+    """Fine-tune every weight (the tutorial's first scenario)."""
+
+    def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
+        """All of the network's parameters, one group."""
+        return [{"params": list(model.network.parameters()), "lr": lr, "name": "all"}]
+
+    def start_epoch(self, model: TransferModel, epoch: int) -> None:
+        """Every module trains."""
+        _train_only(model, [model.network])
+
+
+class Frozen(Strategy):
+    """Fixed feature extractor: only the new head trains (the tutorial's second scenario).
+
+    With `cache_features`, the backbone's features are computed once and the head trains on them
+    (tl/training/features.py): the same head in a fraction of the time, trained without augmentation. With
+    `cache_dir`, they are kept there for the next run on the same backbone, transforms and images.
+    """
+
+    def __init__(self, cache_features: bool = True, cache_dir: str | None = None) -> None:
+        self.cache_features = cache_features
+        self.cache_dir = cache_dir
+
+    def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
+        """The head's parameters only."""
+        return [{"params": list(model.head.parameters()), "lr": lr, "name": "head"}]
+
+    def start_epoch(self, model: TransferModel, epoch: int) -> None:
+        """The head trains; the backbone stays frozen, in eval mode."""
+        _train_only(model, [model.head])
+
+    def fit_inputs(
+        self,
+        model: TransferModel,
+        data: ImageFolderData,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        trainer: Trainer,
+    ) -> tuple[TransferModel, DataLoader, DataLoader]:
+        """With `cache_features`: the head alone, on loaders of the backbone's features. Under torchrun
+        every process trains on the images instead (the cache is per process and would gain nothing)."""
+        if not self.cache_features or trainer.processes.distributed:
+            return model, train_loader, val_loader
+        from tl.training import features
+
+        loaders = features.cached_loaders(
+            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, trainer,
+            self.cache_dir, data.fingerprint().sha256,
+        )  # fmt: skip
+        return features.head_only(model), *loaders
+
+
+class Partial(Strategy):
+    """Train the last `n` blocks of the backbone and the head; freeze the rest."""
+
+    def __init__(self, n: int = 1) -> None:
+        self.n = n
+
+    def _trainable(self, model: TransferModel) -> list[nn.Module]:
+        if not 1 <= self.n <= len(model.blocks):
+            raise TLError(
+                f"strategy.n={self.n} is out of range: this backbone has {len(model.blocks)} blocks, "
+                f"choose 1..{len(model.blocks)}"
+            )
+        return [*model.blocks[-self.n :], model.head]
+
+    def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
+        """The last `n` blocks' and the head's parameters, one group."""
+        params = [p for module in self._trainable(model) for p in module.parameters()]
+        return [{"params": params, "lr": lr, "name": f"last_{self.n}_blocks+head"}]
+
+    def start_epoch(self, model: TransferModel, epoch: int) -> None:
+        """The last `n` blocks and the head train."""
+        _train_only(model, self._trainable(model))
+
+
+class Gradual(Strategy):
+    """fastai-style: the head alone for `freeze_epochs`, then everything, the backbone at a lower lr."""
+
+    def __init__(self, freeze_epochs: int = 1, backbone_lr_mult: float = 0.1) -> None:
+        self.freeze_epochs = freeze_epochs
+        self.backbone_lr_mult = backbone_lr_mult
+
+    def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
+        """Two groups: the backbone at `lr * backbone_lr_mult`, the head at `lr`."""
+        # The backbone group is in the optimizer from the start, but its parameters get no
+        # gradient while frozen, and torch optimizers skip parameters whose grad is None.
+        return [
+            {"params": model.backbone_parameters(), "lr": lr * self.backbone_lr_mult, "name": "backbone"},
+            {"params": list(model.head.parameters()), "lr": lr, "name": "head"},
+        ]
+
+    def start_epoch(self, model: TransferModel, epoch: int) -> None:
+        """The head alone for the first `freeze_epochs` epochs, then the whole network."""
+        _train_only(model, [model.head] if epoch < self.freeze_epochs else [model.network])

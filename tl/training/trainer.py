@@ -1,0 +1,271 @@
+"""The epoch loop: train, validate, keep the best-validation weights, restore them at the end."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from tl.core import metrics
+from tl.core.distributed import Processes
+from tl.core.errors import TLError
+from tl.core.metrics import Predictions
+from tl.core.numerics import autocast_for, numerics, resolve_device, resolve_precision
+from tl.core.provenance import environment
+from tl.models.backbones import TransferModel
+from tl.training.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
+from tl.training.schedulers import Schedule
+from tl.training.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLogger(Protocol):
+    """Where each epoch's metrics go (the MLflow tracker; a list in the tests)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Record one epoch's metrics; `step` is the epoch's number, from 1."""
+
+
+@dataclass
+class FitResult:
+    """What a fit leaves: each epoch's metrics, and which epoch was best by the monitored metric."""
+
+    monitor: str
+    best_epoch: int = 0  # 1-based; 0 before the first epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_predictions: Predictions | None = None  # on the validation set, by the restored weights
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The best epoch's metrics."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else {}
+
+    @property
+    def best_value(self) -> float:
+        """The monitored metric at the best epoch: what a sweep compares and Optuna optimises."""
+        return self.best[self.monitor]
+
+
+class Trainer:
+    """The epoch loop and where it runs: device, precision, memory format, determinism, which epoch is best."""
+
+    def __init__(
+        self,
+        epochs: int,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = True,
+        deterministic: bool = True,
+        progress: bool = True,
+        monitor: str = "val_acc",
+        mode: str = "auto",
+        processes: Processes | None = None,
+    ) -> None:
+        self.epochs = epochs
+        self.processes = processes or Processes()  # several under torchrun
+        self.deterministic = deterministic
+        self.monitor, self.direction = monitor, metrics.direction(monitor, mode)
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None and self.processes.distributed:
+            self.device = torch.device("cuda", self.processes.local_rank)  # one GPU per process
+        self.precision = resolve_precision(precision, self.device)
+        self.autocast = autocast_for(self.device, self.precision)
+        # For passes without gradients whose output is kept: the frozen backbone's features.
+        self.inference_precision = resolve_precision(precision, self.device, gradients=False)
+        self.inference_autocast = autocast_for(self.device, self.inference_precision)
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "16-mixed")
+        # NHWC memory layout: faster convolutions on CPUs and GPUs (benchmarks/compare.py, the tl-fp32 arms).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.progress = progress
+        self.criterion = nn.CrossEntropyLoss()
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether loaders should pin their batches: on a GPU, copies from pinned memory run asynchronously."""
+        return self.device.type == "cuda"
+
+    def environment(self) -> dict[str, str]:
+        """Where and how this trainer computes, for the run's provenance tags."""
+        return environment(self.device, self.precision, self.processes.world_size, self.inference_precision)
+
+    def fit(
+        self,
+        model: TransferModel,
+        strategy: Strategy,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        metrics_logger: MetricsLogger,
+        checkpoint: Checkpoint | None = None,
+    ) -> FitResult:
+        """Train for `self.epochs`, log each epoch, and leave the best epoch's weights in `model`.
+
+        With `checkpoint`, the training state is saved after every epoch; a checkpoint's `resume_from`
+        (such a saved state) continues after its last finished epoch, as if the run had never stopped.
+        """
+        resume_from = checkpoint.resume_from if checkpoint is not None else None
+        with numerics(self.deterministic):  # for this fit only: restored when it ends
+            network = model.network.to(self.device, memory_format=self.memory_format)
+            result = FitResult(self.monitor)
+            best_state = copy.deepcopy(network.state_dict())
+            first_epoch = 0
+            if resume_from is not None:
+                first_epoch, best_state = self._restore(resume_from, network, optimizer, schedule, train_loader, result)
+                log.info("resuming after epoch %d/%d", first_epoch, self.epochs)
+            for epoch in range(first_epoch, self.epochs):
+                started = time.perf_counter()
+                lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
+                strategy.start_epoch(model, epoch)
+                if isinstance(train_loader.sampler, DistributedSampler):
+                    train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
+                row = self.train_one_epoch(self._parallel(network), optimizer, schedule, train_loader, epoch)
+                if schedule.interval == "epoch":
+                    schedule.scheduler.step()
+                predictions = self.predict(network, val_loader)
+                row.update(metrics.validation_metrics(predictions))
+                row.update(lr=list(lrs.values())[-1], epoch_seconds=time.perf_counter() - started)
+                if len(lrs) > 1:
+                    row.update({f"lr_{name}": lr for name, lr in lrs.items()})
+                result.history.append(row)
+                if metrics.is_better(row[self.monitor], result.best.get(self.monitor), self.direction):
+                    result.best_epoch, result.best_predictions = epoch + 1, predictions
+                    best_state = copy.deepcopy(network.state_dict())
+                if checkpoint is not None:
+                    # Saved before the metrics are logged: a resume logs what a crash in between left unlogged.
+                    checkpoint.save(
+                        self._state(epoch + 1, network, optimizer, schedule, train_loader, result, best_state)
+                    )
+                metrics_logger.log_metrics(row, step=epoch + 1)
+                log.info(
+                    "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f img/s",
+                    epoch + 1, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                    row["epoch_seconds"], row["images_per_second"],
+                )  # fmt: skip
+            network.load_state_dict(best_state)
+            network.eval()
+            log.info(
+                "best %s %.4f at epoch %d; its weights are restored", self.monitor, result.best_value, result.best_epoch
+            )
+            return result
+
+    def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
+        # Images get the memory format; cached feature vectors (2-D) have none.
+        memory_format = self.memory_format if inputs.dim() == 4 else torch.preserve_format
+        return inputs.to(self.device, memory_format=memory_format, non_blocking=True)  # async from pinned memory
+
+    def _parallel(self, network: nn.Module) -> nn.Module:
+        """Under torchrun: DistributedDataParallel, which averages gradients over the processes. Wrapped
+        each epoch, after the strategy has chosen what trains, as DDP only syncs what trains when wrapped."""
+        if not self.processes.distributed:
+            return network
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(network, device_ids=device_ids)
+
+    def _state(
+        self,
+        epochs_done: int,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        train_loader: DataLoader,
+        result: FitResult,
+        best_state: dict[str, torch.Tensor],
+    ) -> TrainingState:
+        best = result.best_predictions
+        return TrainingState(
+            epochs_done=epochs_done,
+            # After an improving epoch the weights are the best ones: the same tensors are written once.
+            network=best_state if result.best_epoch == epochs_done else network.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=schedule.scheduler.state_dict(),
+            grad_scaler=self.scaler.state_dict(),
+            rng=rng_states(train_loader.generator),
+            history=result.history,
+            best_epoch=result.best_epoch,
+            best_network=best_state,
+            best_logits=best.logits if best else None,
+            best_labels=best.labels if best else None,
+        )
+
+    def _restore(
+        self,
+        state: TrainingState,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        train_loader: DataLoader,
+        result: FitResult,
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """Put a saved state back; returns the epochs already done and the best weights so far."""
+        network.load_state_dict(state.network)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.grad_scaler)
+        restore_rng_states(state.rng, train_loader.generator)
+        result.history, result.best_epoch = list(state.history), state.best_epoch
+        if state.best_logits is not None:
+            result.best_predictions = Predictions(state.best_logits, state.best_labels)
+        return state.epochs_done, state.best_network
+
+    def train_one_epoch(
+        self, network: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loader: DataLoader, epoch: int
+    ) -> dict[str, float]:
+        """One pass over `loader` with gradients: the training metrics (`metrics.TRAINING_METRICS`) and speed."""
+        started = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            leave=False,
+            disable=None if self.progress and self.processes.is_main else True,
+        )
+        for step, (images, labels) in enumerate(batches, start=1):
+            images, labels = self._to_device(images), labels.to(self.device, non_blocking=True)
+            optimizer.zero_grad()
+            with self.autocast():
+                logits = network(images)
+                loss = self.criterion(logits, labels)
+            if not math.isfinite(loss.item()):
+                lr = optimizer.param_groups[-1]["lr"]
+                raise TLError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (lr={lr:g}); lower lr or check the data"
+                )
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            if schedule.interval == "step":
+                schedule.scheduler.step()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            batches.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)  # drawn at tqdm's own pace
+        total_loss, correct, seen = self.processes.sum(total_loss, correct, seen)  # over all processes
+        # Images actually trained on: a dropped lone last image is not counted.
+        return {
+            "train_loss": total_loss / seen,
+            "train_acc": correct / seen,
+            "images_per_second": seen / (time.perf_counter() - started),
+        }
+
+    @torch.no_grad()
+    def predict(self, network: nn.Module, loader: DataLoader) -> Predictions:
+        """Every batch's logits (in fp32, on the CPU) and labels, in the loader's order."""
+        network.eval()
+        logits, labels = [], []
+        for images, batch_labels in loader:
+            with self.autocast():
+                logits.append(network(self._to_device(images)).float().cpu())
+            labels.append(batch_labels)
+        return Predictions(torch.cat(logits), torch.cat(labels))
