@@ -30,6 +30,7 @@ from tl.tracking.runs import (
     NO_WEIGHTS,
     OUTPUT_DIR_TAG,
     RERUN_OF_TAG,
+    tag_value,
 )
 from tl.tracking.stores import refuse_password
 from tl.training import checkpoints
@@ -167,16 +168,20 @@ def warn_of_changes(
     if then != (code.commit, code.diff_sha256):
         changes.append(f"code: {_describe(*then)} then, {_describe(code.commit, code.diff_sha256)} now")
     if original.get("tl.dataset_sha256") != dataset.sha256:
-        recorded = mlflow.artifacts.load_dict(f"runs:/{original_run_id}/{MANIFEST_ARTIFACT}")
-        files = dataset.changes_from([tuple(f) for f in recorded["files"]])
-        shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
-        changes.append(f"dataset: {len(files)} file(s) differ: {shown}")
+        try:
+            recorded = mlflow.artifacts.load_dict(f"runs:/{original_run_id}/{MANIFEST_ARTIFACT}")
+        except (MlflowException, OSError):  # a run logged without it (by hand, or its artifacts removed)
+            changes.append(f"dataset: its fingerprint differs, and the original has no {MANIFEST_ARTIFACT}")
+        else:
+            files = dataset.changes_from([tuple(f) for f in recorded["files"]])
+            shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+            changes.append(f"dataset: {len(files)} file(s) differ: {shown}")
     if original.get("tl.weights_sha256") != (model.weights_sha256 or NO_WEIGHTS):
         changes.append(f"pretrained weights: {original.get('tl.weights')} then, {model.weights} now")
     for change in changes:
         log.warning("rerun of %s differs: %s", original_run_id, change)
     if changes:
-        mlflow.set_tag("tl.rerun_differs", "; ".join(changes)[:5000])
+        mlflow.set_tag("tl.rerun_differs", tag_value("; ".join(changes)))
     return changes
 
 
