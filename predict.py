@@ -15,7 +15,7 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tl.core.cli import exit_without_teardown
+from tl.core.cli import exit_without_teardown, quiet_libraries
 from tl.core.errors import one_line_errors
 from tl.serving.prediction import list_inputs, load_logged_model, predict_to_csv
 from tl.tracking.stores import refuse_password
@@ -25,7 +25,6 @@ log = logging.getLogger("tl")
 
 def run(cfg: DictConfig) -> float | None:
     """Predict every image of `cfg.input` with `cfg.model_uri`, write the CSV; the accuracy if labelled."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tl has its own progress bar
     refuse_password(cfg.tracking_uri or mlflow.get_tracking_uri())  # it would be printed with any error
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
@@ -51,5 +50,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    quiet_libraries()  # only tl's lines and progress bars on the terminal
     main()
     exit_without_teardown()  # the work is done and logged: skip 1.5-2 s of module teardown

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tl.core.checks import check_config
-from tl.core.cli import exit_without_teardown
+from tl.core.cli import exit_without_teardown, quiet_libraries
 from tl.core.errors import one_line_errors
 from tl.tracking.stores import create_store_in_background
 
@@ -80,5 +80,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    quiet_libraries()  # only tl's lines and progress bars on the terminal
     main()
     exit_without_teardown()  # the work is done and logged: skip 1.5-2 s of module teardown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 import shutil
 import statistics
@@ -101,10 +102,24 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(froze
     assert list((tmp_path / "outputs" / "runs").glob("*/*/run.log"))  # Hydra's run folder under outputs/
 
 
+def not_tls(output: str) -> list[str]:
+    """The lines of a command's output that are not tl's log lines (or Hydra's, in a sweep)."""
+    return [line for line in output.splitlines() if not re.match(r"\[[\d :,-]+\]\[(tl[.\]]|HYDRA\])", line)]
+
+
+def test_a_run_prints_only_tls_lines_and_keeps_other_libraries_lines_in_its_log_file(frozen_run):
+    result, tmp_path, _, _ = frozen_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not_tls(result.stderr + result.stdout) == []  # a new store, a skipped image: still only tl's lines
+    (log_file,) = (tmp_path / "outputs" / "runs").glob("*/*/run.log")
+    assert "[mlflow.tracking.fluent][INFO] - Experiment with name 'tl' does not exist" in log_file.read_text()
+
+
 def test_sweep_is_one_parent_with_a_finished_child_per_job(tmp_path, image_folder, mlflow_uri):
     sweep = ["-m", "strategy=finetune,frozen", "lr=1e-3,1e-2", "epochs=1"]
     result = run_cli(*sweep, *tiny(image_folder), cwd=tmp_path, mlflow_uri=mlflow_uri)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not_tls(result.stderr + result.stdout) == []
     all_runs = runs(mlflow_uri)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

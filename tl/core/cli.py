@@ -1,4 +1,5 @@
-"""How the command lines (run.py, predict.py) end once their work is done."""
+"""How the command lines (run.py, predict.py) talk and end: only tl's lines on the terminal, and no
+interpreter teardown once their work is done."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import logging
 import os
 import sys
 import threading
+
+
+def quiet_libraries() -> None:
+    """Before a command starts (and MLflow is imported): MLflow leaves its loggers to Hydra's logging config,
+    which sends their lines to the log file only (conf/config.yaml), and draws no progress bars of its own
+    while tl reads artifacts back; launcher subprocesses inherit both. Python warnings become log records
+    (`py.warnings`), which go to the log file too."""
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.captureWarnings(True)
 
 
 def exit_without_teardown(status: int = 0) -> None:

@@ -30,6 +30,15 @@ class JobFailed(CompactHydraException):
     """One job of a sweep failed; Hydra prints its message alone, after the sweep's other jobs have run."""
 
 
+def first_line(problem: BaseException | str) -> str:
+    """The first line of an error's message (its type's name when the message is empty), or of a text: what
+    a one-line report, a tag or a CSV cell shows of it."""
+    text = str(problem).strip()
+    if not text:
+        return type(problem).__name__ if isinstance(problem, BaseException) else ""
+    return text.splitlines()[0]
+
+
 def find_user_error(error: BaseException) -> TLError | None:
     """The TLError behind `error`, if any (Hydra's instantiate wraps what a target raises)."""
     while error is not None:
@@ -67,7 +76,7 @@ def one_line_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T
             if cfg.get("sweep_on_failure", "continue") == "stop":
                 sys.exit(1)
             job = HydraConfig.get().job
-            reason = str(user_error or f"{type(error).__name__}: {error}").splitlines()[0]
+            reason = first_line(user_error or f"{type(error).__name__}: {first_line(error)}")
             raise JobFailed(f"sweep job {job.num} failed: {reason}") from error
 
     return wrapper

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
 
 # Reading an image at the size needed is part of the logged model (it travels with it), so it lives there.
+from tl.core.errors import first_line
 from tl.models.pyfunc_model import load_image
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def image_problem(source: Path | bytes) -> str | None:
     except UnidentifiedImageError:
         return "not an image"
     except Exception as error:  # anything that fails here would fail in the loader, mid-training
-        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        text = first_line(error)
         return "truncated" if "truncated" in text.lower() else f"cannot be decoded: {text}"
     return problem
 

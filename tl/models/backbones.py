@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tl.core.errors import TLError
+from tl.core.errors import TLError, first_line
 from tl.core.provenance import file_sha256, state_dict_sha256
 
 # timm is imported by the functions that use it: start-up that torchvision models need not pay.
@@ -100,9 +100,9 @@ def timm_model(name: str, num_classes: int, pretrained: bool = True, weights: st
         network = timm.create_model(name, pretrained=pretrained or bool(weights), pretrained_cfg_overlay=overlay)
     except (OSError, RuntimeError, ValueError) as error:
         if weights:
-            raise TLError(f"could not load {name} weights from {weights}: {_first_line(error)}") from error
+            raise TLError(f"could not load {name} weights from {weights}: {first_line(error)}") from error
         raise TLError(
-            f"{name} pretrained weights are not cached and could not be downloaded ({_first_line(error)}); "
+            f"{name} pretrained weights are not cached and could not be downloaded ({first_line(error)}); "
             f"offline choices: {OFFLINE_CHOICES}"
         ) from error
     source = weights or (network.pretrained_cfg.get("hf_hub_id") or name if pretrained else RANDOM_INIT)
@@ -124,7 +124,7 @@ def torchvision_model(
         try:
             network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except (RuntimeError, ValueError, OSError) as error:
-            raise TLError(f"{path} is not a state dict for torchvision {name}: {_first_line(error)}") from error
+            raise TLError(f"{path} is not a state dict for torchvision {name}: {first_line(error)}") from error
         source = f"{path} sha256:{file_sha256(path)[:16]}"
     elif pretrained:
         try:
@@ -133,7 +133,7 @@ def torchvision_model(
         except (urllib.error.URLError, OSError) as error:
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(default_weights.url).name
             raise TLError(
-                f"{name} ImageNet weights are not in {cache} and could not be downloaded ({_first_line(error)}); "
+                f"{name} ImageNet weights are not in {cache} and could not be downloaded ({first_line(error)}); "
                 f"offline choices: {OFFLINE_CHOICES}"
             ) from error
         source = default_weights.url
@@ -209,8 +209,3 @@ def _existing(path: str) -> Path:
     if not resolved.is_file():
         raise TLError(f"model.weights={path}: no such file; give the path of a saved state dict")
     return resolved
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

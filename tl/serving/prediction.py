@@ -27,7 +27,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
-from tl.core.errors import TLError
+from tl.core.errors import TLError, first_line
 from tl.models.backbones import Preprocess
 from tl.models.pyfunc_model import Classifier
 
@@ -64,7 +64,7 @@ def load_logged_model(model_uri: str, allow_pickle: bool = False) -> Classifier:
             network = mlflow.pytorch.load_model(str(local), map_location="cpu")
     except (MlflowException, OSError) as error:
         raise TLError(
-            f"could not load model_uri={model_uri} from {mlflow.get_tracking_uri()} ({str(error).splitlines()[0]}); "
+            f"could not load model_uri={model_uri} from {mlflow.get_tracking_uri()} ({first_line(error)}); "
             "use runs:/<run_id>/model, models:/<name>/<version> or models:/<name>@<alias>, and tracking_uri if needed"
         ) from error
     if "classes" not in metadata or "preprocess" not in metadata:

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from tl.core.errors import TLError
 from tl.sweeps import studies
 from tl.tracking.processes import end_abandoned, this_process
-from tl.tracking.runs import ERROR_TAG, PARENT_RUN_ENV, PROCESS_TAG
+from tl.tracking.runs import ERROR_TAG, PARENT_RUN_ENV, PROCESS_TAG, tag_value
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class OptunaSearch:
         try:
             return self._sweep(arguments)
         except TLError as error:
-            _tag_parent({ERROR_TAG: str(error)[:5000]})
+            _tag_parent({ERROR_TAG: tag_value(str(error))})
             sys.exit(f"error: {error}")  # Hydra would print a traceback for an exception
 
     def _sweep(self, arguments: list[str]) -> list[JobReturn]:
@@ -148,7 +148,7 @@ class OptunaSearch:
             for trial in trials:
                 trial.set_user_attr(PROCESS_TAG, this_process())
             try:
-                with studies.heartbeats(study, trials):
+                with studies.heartbeats(storage, study, trials):
                     batch = self.launcher.launch([_overrides(t, fixed) for t in trials], initial_job_idx=len(returns))
             except BaseException:  # Ctrl-C, or a launcher that failed: the trials did not finish
                 for trial in trials:

@@ -25,7 +25,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from tl.core.errors import TLError
+from tl.core.errors import TLError, first_line
 from tl.tracking.processes import is_dead
 from tl.tracking.runs import PROCESS_TAG
 
@@ -98,7 +98,7 @@ def open_storage(url: str | None, heartbeat_interval: int | None) -> BaseStorage
                 'pip install "psycopg[binary]" (or tl\'s extra: pip install -e ".[postgres]")'
             ) from None
         except (SQLAlchemyError, RuntimeError, TypeError) as error:  # RuntimeError: a schema Optuna cannot use
-            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            reason = first_line(getattr(error, "orig", None) or error)
             racing = any(words in reason.lower() for words in ("already exists", "duplicate", "unique constraint"))
             if attempt == 2 or not racing:
                 raise TLError(
@@ -196,21 +196,23 @@ def fail_abandoned_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 @contextlib.contextmanager
-def heartbeats(study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None]:
+def heartbeats(storage: Any, study: optuna.Study, trials: list[optuna.Trial]) -> Iterator[None]:
     """While the trials run: their heartbeat, recorded every heartbeat interval, for storages that keep one
-    (Optuna records it itself only in `study.optimize`, which a sweeper that launches jobs does not use)."""
-    storage = study._storage  # Optuna has no public accessor; the heartbeat API is on the storage
+    (Optuna records it itself only in `study.optimize`, which a sweeper that launches jobs does not use).
+    `storage`: the study's, as `open_storage` made it (a Study does not give its storage out)."""
     interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
     if not interval:
         yield
         return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_ids = [storage.get_trial_id_from_study_id_trial_number(study_id, trial.number) for trial in trials]
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             try:
-                for trial in trials:
-                    storage.record_heartbeat(trial._trial_id)
+                for trial_id in trial_ids:
+                    storage.record_heartbeat(trial_id)
             except Exception as error:  # a database that is busy or away for a moment: beat again next time
                 log.warning("could not record the trials' heartbeat (%s); trying again in %d s", error, interval)
             if stop.wait(interval):

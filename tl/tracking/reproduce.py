@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from tl.core.checks import override_key
-from tl.core.errors import TLError
+from tl.core.errors import TLError, first_line
 from tl.core.provenance import CodeState
 from tl.data.manifest import DatasetFingerprint
 from tl.models.backbones import TransferModel
@@ -127,7 +127,7 @@ def recorded_config(current: DictConfig, overrides: list[str]) -> tuple[DictConf
     except MlflowException as error:
         raise TLError(
             f"rerun={run_id}: no run with a recorded config in {mlflow.get_tracking_uri()} "
-            f"({str(error).splitlines()[0]}); give a run id from `mlflow ui` and, if needed, tracking.uri"
+            f"({first_line(error)}); give a run id from `mlflow ui` and, if needed, tracking.uri"
         ) from error
     extra = [o for o in overrides if override_key(o) != "rerun"]
     for override in extra:

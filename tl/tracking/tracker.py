@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tl.core import metrics
 from tl.core.checks import check_value
 from tl.core.critical_sections import uninterrupted
-from tl.core.errors import TLError
+from tl.core.errors import TLError, first_line
 from tl.core.metrics import Predictions
 from tl.core.provenance import CodeState
 from tl.data.manifest import DatasetFingerprint
@@ -44,6 +44,7 @@ from tl.tracking.runs import (
     VAL_PREDICTIONS_ARTIFACT,
     csv_text,
     run_name,
+    tag_value,
 )
 from tl.tracking.stores import use_store
 from tl.training.trainer import FitResult
@@ -129,7 +130,7 @@ class MlflowTracker:
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
-            mlflow.set_tag(ERROR_TAG, (str(exc).splitlines() or [exc_type.__name__])[0][:5000])
+            mlflow.set_tag(ERROR_TAG, tag_value(first_line(exc)))
         mlflow.end_run(RunStatus.to_string(status))
 
     @staticmethod

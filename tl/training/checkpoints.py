@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl.core.checks import override_key
 from tl.core.critical_sections import uninterrupted
-from tl.core.errors import Interrupted, TLError
+from tl.core.errors import Interrupted, TLError, first_line
 
 LAST = Path("checkpoints") / "last.pt"  # inside the run's output folder
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -135,8 +135,7 @@ def load(path: Path) -> TrainingState:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise TLError(f"{path} is not a readable tl checkpoint ({reason}); give a run's {LAST}") from error
+        raise TLError(f"{path} is not a readable tl checkpoint ({first_line(error)}); give a run's {LAST}") from error
     if not isinstance(saved, dict) or not {"config", "run_id", "epochs_done"} <= saved.keys():
         raise TLError(f"{path} is not a training state to resume (is it a best.pt?); give a run's {LAST}")
     names = {f.name for f in fields(TrainingState)}
