@@ -15,8 +15,7 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tl.core.cli import exit_without_teardown, quiet_libraries
-from tl.core.errors import one_line_errors
+from tl.core.cli import exit_without_teardown, one_line_errors, quiet_libraries
 from tl.serving.prediction import list_inputs, load_logged_model, predict_to_csv
 from tl.tracking.stores import refuse_password
 

@@ -21,8 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from tl.core.checks import check_config
-from tl.core.cli import exit_without_teardown, quiet_libraries
-from tl.core.errors import one_line_errors
+from tl.core.cli import exit_without_teardown, one_line_errors, quiet_libraries
 from tl.tracking.stores import create_store_in_background
 
 if TYPE_CHECKING:

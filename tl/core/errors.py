@@ -1,21 +1,9 @@
-"""The one exception type for mistakes a user can fix, and how the CLIs print it as one line."""
+"""The exception types of tl's errors (TLError: a mistake a user can fix), the one behind a wrapped error, and
+an error's first line."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import sys
-from collections.abc import Callable
-from typing import TypeVar
-
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from tl.core import critical_sections
-
-T = TypeVar("T")
 
 
 class TLError(Exception):
@@ -46,41 +34,3 @@ def find_user_error(error: BaseException) -> TLError | None:
             return error
         error = error.__cause__
     return None
-
-
-def one_line_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
-    """For a Hydra task function: a user mistake exits with status 1 and one logged line, no traceback;
-    Ctrl-C or SIGTERM with status 130. In a sweep, a failing job is logged and the other jobs go on
-    (unless `sweep_on_failure=stop`); the sweep then exits 1 naming the first failure."""
-
-    @functools.wraps(task)
-    def wrapper(cfg: DictConfig) -> T:
-        log = logging.getLogger("tl")
-        try:
-            with critical_sections.handled():
-                return task(cfg)
-        except KeyboardInterrupt as interrupt:
-            log.error("error: %s", interrupt if isinstance(interrupt, Interrupted) else "interrupted")
-            sys.exit(130)
-        except Exception as error:
-            user_error = find_user_error(error)
-            if not _in_sweep():
-                if user_error is None:
-                    raise
-                log.error("error: %s", user_error)
-                sys.exit(1)
-            if user_error is None:
-                log.exception("job failed")  # a bug: the traceback goes to the job's log
-            else:
-                log.error("error: %s", user_error)
-            if cfg.get("sweep_on_failure", "continue") == "stop":
-                sys.exit(1)
-            job = HydraConfig.get().job
-            reason = first_line(user_error or f"{type(error).__name__}: {first_line(error)}")
-            raise JobFailed(f"sweep job {job.num} failed: {reason}") from error
-
-    return wrapper
-
-
-def _in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +42,20 @@ from tl.tracking.stores import use_store
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class SweepParentRun(Callback):
-    """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it."""
+    """Hydra callback: one parent MLflow run per multirun; every job's run is nested under it. The settings
+    are the `tracking` group's and `monitor`/`mode` (conf/config.yaml, hydra.callbacks)."""
 
-    def __init__(
-        self,
-        experiment: str = "tl",
-        uri: str | None = None,
-        register: str | None = None,
-        alias: str | None = None,
-        fallback: str | None = None,
-        monitor: str = "val_acc",
-        mode: str = "auto",
-    ) -> None:
-        self.experiment = experiment
-        self.uri = uri
-        self.register = register
-        self.alias = alias
-        self.fallback = fallback
-        self.monitor, self.mode = monitor, mode
-        self.run_id: str | None = None
-        self.swept: list[str] = []  # the keys the sweep varies
+    experiment: str = "tl"
+    uri: str | None = None
+    register: str | None = None
+    alias: str | None = None
+    fallback: str | None = None
+    monitor: str = "val_acc"
+    mode: str = "auto"
+    run_id: str | None = field(default=None, init=False)  # the parent run, once created
+    swept: list[str] = field(default_factory=list, init=False)  # the keys the sweep varies
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the parent run, and tell the jobs its id and the swept keys (environment variables)."""

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -83,31 +84,24 @@ def _distribution(override: Override) -> BaseDistribution:
     raise TLError(f"{override.input_line}: an Optuna search takes choice(), range() or interval() here")
 
 
+@dataclass
 class OptunaSearch:
-    """A Hydra sweeper: `n_trials` trials, `n_jobs` at a time, each asked from the study and told its result."""
+    """A Hydra sweeper: `n_trials` trials, `n_jobs` at a time, each asked from the study and told its result.
+    The settings are hydra.sweeper's (hydra_plugins/tl_optuna_sweeper)."""
 
-    def __init__(
-        self,
-        sampler: Any,
-        direction: str,
-        storage: str | None,
-        study_name: str | None,
-        n_trials: int,
-        n_jobs: int,
-        max_failure_rate: float,
-        params: dict[str, str] | None,
-        heartbeat_interval: int | None,
-    ) -> None:
-        self.sampler = sampler
-        self.direction = direction
-        self.storage = storage
-        self.study_name = study_name
-        self.n_trials = n_trials
-        self.n_jobs = n_jobs
-        self.max_failure_rate = max_failure_rate
-        self.params = dict(params or {})
-        self.heartbeat_interval = heartbeat_interval
-        self.config: DictConfig | None = None
+    sampler: Any
+    direction: str
+    storage: str | None
+    study_name: str | None
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    params: dict[str, str] | None
+    heartbeat_interval: int | None
+    config: DictConfig | None = field(default=None, init=False)  # the sweep's, from `setup`
+
+    def __post_init__(self) -> None:
+        self.params = dict(self.params or {})
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the sweep's config and the launcher that runs its jobs (Hydra's Sweeper interface)."""

@@ -10,6 +10,7 @@ Frozen modules stay in eval mode, so their BatchNorm running statistics do not d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -74,6 +75,7 @@ class Finetune(Strategy):
         _train_only(model, [model.network])
 
 
+@dataclass
 class Frozen(Strategy):
     """Fixed feature extractor: only the new head trains (the tutorial's second scenario).
 
@@ -82,9 +84,8 @@ class Frozen(Strategy):
     `cache_dir`, they are kept there for the next run on the same backbone, transforms and images.
     """
 
-    def __init__(self, cache_features: bool = True, cache_dir: str | None = None) -> None:
-        self.cache_features = cache_features
-        self.cache_dir = cache_dir
+    cache_features: bool = True
+    cache_dir: str | None = None
 
     def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
         """The head's parameters only."""
@@ -115,11 +116,11 @@ class Frozen(Strategy):
         return features.head_only(model), *loaders
 
 
+@dataclass
 class Partial(Strategy):
     """Train the last `n` blocks of the backbone and the head; freeze the rest."""
 
-    def __init__(self, n: int = 1) -> None:
-        self.n = n
+    n: int = 1
 
     def _trainable(self, model: TransferModel) -> list[nn.Module]:
         if not 1 <= self.n <= len(model.blocks):
@@ -139,12 +140,12 @@ class Partial(Strategy):
         _train_only(model, self._trainable(model))
 
 
+@dataclass
 class Gradual(Strategy):
     """fastai-style: the head alone for `freeze_epochs`, then everything, the backbone at a lower lr."""
 
-    def __init__(self, freeze_epochs: int = 1, backbone_lr_mult: float = 0.1) -> None:
-        self.freeze_epochs = freeze_epochs
-        self.backbone_lr_mult = backbone_lr_mult
+    freeze_epochs: int = 1
+    backbone_lr_mult: float = 0.1
 
     def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
         """Two groups: the backbone at `lr * backbone_lr_mult`, the head at `lr`."""
