@@ -49,7 +49,7 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     strategy = instantiate(cfg.strategy)
     optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
     schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
-    trained, fit_train, fit_val = strategy.fit_inputs(model, data, train_loader, val_loader, trainer)
+    trained, fit_train, fit_val = strategy.fit_inputs(model, data, train_loader, val_loader, trainer.feature_pass())
     tracking = distributed.main_only(processes, run.tracker)  # only rank 0 logs
     # The checkpoint outlives the MLflow run: it is removed only once the run has ended FINISHED.
     with run.checkpoint(writer=processes.is_main) as checkpoint, tracking as tracker:

@@ -56,7 +56,9 @@ def _cached(model, data, cache_dir, trainer=CPU_TRAINER):
     train_loader, val_loader = data.loaders(model.preprocess, seed=0)
     views = data.train_views(model.preprocess)
     sha = data.fingerprint().sha256
-    return features.cached_loaders(model, views, val_loader.dataset, train_loader, val_loader, trainer, cache_dir, sha)
+    return features.cached_loaders(
+        model, views, val_loader.dataset, train_loader, val_loader, trainer.feature_pass(), cache_dir, sha
+    )
 
 
 def test_features_on_disk_are_reused_by_the_next_run_instead_of_computed(tmp_path, monkeypatch):
@@ -109,7 +111,7 @@ def test_the_cache_key_changes_with_the_weights_the_transforms_the_images_the_sp
     def key(model=model, data=data, trainer=CPU_TRAINER):
         _, val_loader = data.loaders(model.preprocess, seed=0)
         views = data.train_views(model.preprocess)
-        return features.cache_key(model, views, val_loader.dataset, data.fingerprint().sha256, trainer)
+        return features.cache_key(model, views, val_loader.dataset, data.fingerprint().sha256, trainer.feature_pass())
 
     original = key()
     assert key() == original  # a new head (another run) does not change the backbone's features

@@ -16,8 +16,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +29,6 @@ from tl.core.critical_sections import one_at_a_time
 from tl.core.provenance import state_dict_sha256
 from tl.models.backbones import TransferModel
 from tl.training.checkpoints import atomic_save
-
-if TYPE_CHECKING:
-    from tl.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +91,27 @@ def extract(
     return TensorDataset(torch.cat(features), torch.cat(labels))
 
 
+@dataclass(frozen=True)
+class FeaturePass:
+    """How the frozen backbone runs over the images: the trainer's device, inference precision (and its
+    autocast) and memory format; whether a progress bar is shown; whether the training runs over several
+    processes (then each trains on the images: a per-process cache would gain nothing)."""
+
+    device: torch.device
+    precision: str
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    memory_format: torch.memory_format
+    progress: bool
+    distributed: bool = False
+
+
 def head_only(model: TransferModel) -> TransferModel:
     """The head as a model of its own, for the trainer: training it trains `model`'s head (the same module)."""
     return TransferModel(model.head, model.head, [], model.preprocess, model.weights, model.weights_sha256)
 
 
 def cache_key(
-    model: TransferModel, train_views: Dataset, val_set: Dataset, images_sha256: str, trainer: Trainer
+    model: TransferModel, train_views: Dataset, val_set: Dataset, images_sha256: str, run: FeaturePass
 ) -> str:
     """What the features depend on, as one digest: a change to any part gives another key."""
     with without_head(model) as backbone:
@@ -112,9 +124,9 @@ def cache_key(
             "images": images_sha256,
             # Which images are in which split, in order: cross-validation folds share the images' digest.
             "splits": _samples_sha256(train_views, val_set),
-            "precision": trainer.inference_precision,
-            "memory_format": str(trainer.memory_format),
-            "device": trainer.device.type,
+            "precision": run.precision,
+            "memory_format": str(run.memory_format),
+            "device": run.device.type,
             "torch": torch.__version__,
         }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -134,7 +146,7 @@ def cached_loaders(
     val_set: Dataset,
     train_loader: DataLoader,
     val_loader: DataLoader,
-    trainer: Trainer,
+    run: FeaturePass,
     cache_dir: str | Path | None = None,
     images_sha256: str | None = None,
 ) -> tuple[DataLoader, DataLoader]:
@@ -144,7 +156,7 @@ def cached_loaders(
     and computed ones are saved there."""
     path = None
     if cache_dir is not None and images_sha256 is not None:
-        key = cache_key(model, train_views, val_set, images_sha256, trainer)
+        key = cache_key(model, train_views, val_set, images_sha256, run)
         path = Path(cache_dir).expanduser() / f"{key}.pt"
     stored, computed = _load(path), False
     if stored is None:
@@ -153,7 +165,7 @@ def cached_loaders(
         with one_at_a_time(path.with_suffix(".lock") if path is not None else None):
             stored = _load(path)  # computed by another job while this one waited
             if stored is None:
-                stored, computed = _compute(model, train_views, val_set, train_loader, trainer), True
+                stored, computed = _compute(model, train_views, val_set, train_loader, run), True
                 if path is not None:
                     atomic_save(stored, path)
     train, val = TensorDataset(*stored["train"]), TensorDataset(*stored["val"])
@@ -167,22 +179,21 @@ def cached_loaders(
 
 
 def _compute(
-    model: TransferModel, train_views: Dataset, val_set: Dataset, train_loader: DataLoader, trainer: Trainer
+    model: TransferModel, train_views: Dataset, val_set: Dataset, train_loader: DataLoader, run: FeaturePass
 ) -> dict[str, list[torch.Tensor]]:
     """The backbone's features (and labels) of both splits, in one pass."""
     options = {"num_workers": train_loader.num_workers, "pin_memory": train_loader.pin_memory}
     if train_loader.num_workers > 0:
         options["multiprocessing_context"] = train_loader.multiprocessing_context
-    run = {"device": trainer.device, "autocast": trainer.inference_autocast, "memory_format": trainer.memory_format}
-    batch_size = extract_batch_size(trainer.device, train_views[0][0][0].numel())
+    batch_size = extract_batch_size(run.device, train_views[0][0][0].numel())
     log.info(
         "computing the backbone's features of %d train and %d val images (%s, batch %d)",
-        len(train_views), len(val_set), PRECISION_NAMES[trainer.inference_precision], batch_size,
+        len(train_views), len(val_set), PRECISION_NAMES[run.precision], batch_size,
     )  # fmt: skip
-    shown = trainer.progress and trainer.processes.is_main
     # One pass over both splits: one set of loader workers and one warm-up, not two.
     both = extract(model, ConcatDataset([train_views, val_set]), batch_size, loader_options=options,
-                   progress="features" if shown else None, **run)  # fmt: skip
+                   progress="features" if run.progress else None, device=run.device, autocast=run.autocast,
+                   memory_format=run.memory_format)  # fmt: skip
     split = len(train_views)
     log.info("cached %d train and %d val feature vectors of size %d", split, len(val_set), both.tensors[0].shape[1])
     return {"train": [t[:split] for t in both.tensors], "val": [t[split:] for t in both.tensors]}

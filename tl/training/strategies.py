@@ -21,7 +21,7 @@ from tl.models.backbones import TransferModel
 
 if TYPE_CHECKING:
     from tl.data.folders import ImageFolderData
-    from tl.training.trainer import Trainer
+    from tl.training.features import FeaturePass
 
 ParamGroups = list[dict[str, Any]]
 
@@ -47,10 +47,11 @@ class Strategy(ABC):
         data: ImageFolderData,
         train_loader: DataLoader,
         val_loader: DataLoader,
-        trainer: Trainer,
+        feature_pass: FeaturePass,
     ) -> tuple[TransferModel, DataLoader, DataLoader]:
         """What the epoch loop trains and validates on: by default the model and the image loaders.
-        A strategy may replace them (`Frozen` trains its head on cached features)."""
+        A strategy may replace them (`Frozen` trains its head on cached features, computed as `feature_pass`
+        says)."""
         return model, train_loader, val_loader
 
 
@@ -101,16 +102,16 @@ class Frozen(Strategy):
         data: ImageFolderData,
         train_loader: DataLoader,
         val_loader: DataLoader,
-        trainer: Trainer,
+        feature_pass: FeaturePass,
     ) -> tuple[TransferModel, DataLoader, DataLoader]:
         """With `cache_features`: the head alone, on loaders of the backbone's features. Under torchrun
         every process trains on the images instead (the cache is per process and would gain nothing)."""
-        if not self.cache_features or trainer.processes.distributed:
+        if not self.cache_features or feature_pass.distributed:
             return model, train_loader, val_loader
         from tl.training import features
 
         loaders = features.cached_loaders(
-            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, trainer,
+            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, feature_pass,
             self.cache_dir, data.fingerprint().sha256,
         )  # fmt: skip
         return features.head_only(model), *loaders

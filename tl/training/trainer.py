@@ -23,6 +23,7 @@ from tl.core.numerics import autocast_for, numerics, resolve_device, resolve_pre
 from tl.core.provenance import environment
 from tl.models.backbones import TransferModel
 from tl.training.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
+from tl.training.features import FeaturePass
 from tl.training.schedulers import Schedule
 from tl.training.strategies import Strategy
 
@@ -94,6 +95,11 @@ class Trainer:
     def pin_memory(self) -> bool:
         """Whether loaders should pin their batches: on a GPU, copies from pinned memory run asynchronously."""
         return self.device.type == "cuda"
+
+    def feature_pass(self) -> FeaturePass:
+        """How a frozen backbone's features are computed in this training (tl/training/features.py)."""
+        return FeaturePass(self.device, self.inference_precision, self.inference_autocast, self.memory_format,
+                           self.progress and self.processes.is_main, self.processes.distributed)  # fmt: skip
 
     def environment(self) -> dict[str, str]:
         """Where and how this trainer computes, for the run's provenance tags."""
