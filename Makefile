@@ -13,8 +13,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tl-installed
 ARGS ?=
 PYTEST_ARGS ?=
-SYSTEM_PACKAGES := postgresql chromium
-export NO_MKDOCS_2_WARNING := 1  # the docs plugins' banners about MkDocs 2
+# The docs plugins' banners about MkDocs 2, on every build: not ours to act on.
+export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
 .NOTPARALLEL:  # `make test` runs its steps in the order listed, even under make -j
