@@ -224,7 +224,7 @@ def tutorial_phases(epoch_ends: list[float], started: float, exited: float) -> d
 
 
 def bars(report: dict) -> dict:
-    """The figures README's "Speed" section holds tl to: data set-up and wrap-up on a repeat frozen run,
+    """The figures docs/performance.md holds tl to: data set-up and wrap-up on a repeat frozen run,
     and the frozen whole command's speed-up against the tutorial loop."""
     runs = {run["run"]: run for run in report["runs"]}
     first, repeat = runs.get("tl frozen, first"), runs.get("tl frozen, repeat")
