@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from tl.tracking.stores import create_store_in_background
 if TYPE_CHECKING:
     from tl.core.distributed import Processes
 
+STARTED = time.monotonic()  # the command's start, but for run.py's light imports: a `budget=` counts from here
 ROOT = Path(__file__).parent  # the project: its git state is recorded with every run
 # HEAVY: train() imports torch, timm and MLflow itself (seconds), once main has checked the config:
 # `--help`, `--cfg job` or a mistake in the config should not wait for them.
@@ -41,7 +43,9 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     run = reproduce.effective_run(cfg, HydraConfig.get())  # this command's, or rerun='s or resume='s recorded one
     cfg = run.config
     check_config(cfg)
-    trainer = instantiate(cfg.trainer, processes=processes)  # first: its settings are checked before any work
+    trainer = instantiate(
+        cfg.trainer, processes=processes, started=STARTED
+    )  # first: its settings are checked before any work
     numerics.seed_everything(cfg.seed + processes.rank)  # each process draws its own augmentations
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))

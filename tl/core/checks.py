@@ -7,6 +7,7 @@ mistake is answered at once. The classes that take these values (`Trainer`, `Ima
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def duration_seconds(duration: object) -> float | None:
+    """`90`, `90s`, `1.5m`, `2h` -> seconds; None -> None; anything else (or not > 0) -> nan."""
+    if duration is None:
+        return None
+    matched = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", str(duration).strip())
+    seconds = float(matched[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[matched[2]] if matched else math.nan
+    return seconds if seconds > 0 else math.nan
+
+
 # key -> (is the value allowed, what is allowed: the end of "KEY must be ...").
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (lambda v: _is_number(v) and v > 0, "a number > 0, e.g. lr=1e-3"),
@@ -40,6 +50,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "auto, cpu, mps, cuda or cuda:N",
     ),
     "sweep_on_failure": (lambda v: v in ("continue", "stop"), "continue or stop"),
+    "budget": (
+        lambda v: not isinstance(v, bool) and not math.isnan(duration_seconds(v) or 0),
+        "null or a duration, in seconds or with s, m or h: budget=90s, budget=5m",
+    ),
     "monitor": (lambda v: v in metrics.DIRECTIONS, f"a metric tl logs each epoch: {', '.join(metrics.DIRECTIONS)}"),
     "mode": (lambda v: v in metrics.MODES, ", ".join(metrics.MODES)),
     # Nested keys: checked where the composed config has them (an option may leave one out).
@@ -55,7 +69,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 _ABSENT = object()
 # Top-level keys that configs recorded by earlier versions of tl lack (rerun=, resume=): their defaults apply.
-ADDED_LATER = ("monitor", "mode")
+ADDED_LATER = ("monitor", "mode", "budget")
 
 # For conf/hparams_search/optuna.yaml: Optuna's direction follows `monitor` and `mode`.
 OmegaConf.register_new_resolver("tl.optuna_direction", metrics.optuna_direction, replace=True)

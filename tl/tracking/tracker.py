@@ -244,7 +244,11 @@ class MlflowTracker:
     ) -> None:
         """The best epoch's metrics as `best_<name>`, its evaluation, its weights and the logged model."""
         names = [*metrics.VALIDATION_METRICS, result.monitor]
-        mlflow.log_metrics({f"best_{name}": result.best[name] for name in names} | {"best_epoch": result.best_epoch})
+        mlflow.log_metrics(
+            {f"best_{name}": result.best[name] for name in names} | {"best_epoch": result.best_epoch} | result.stopping
+        )
+        if result.stopped:
+            mlflow.set_tag("tl.stopped_early", tag_value(result.stopped))
         self._log_evaluation(result, classes, preprocess, val_set)
         low, high = self._log_uncertainty(result.best_predictions, classes, val_set)
         about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights}

@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +26,7 @@ from tl.models.backbones import TransferModel
 from tl.training.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
 from tl.training.features import FeaturePass
 from tl.training.schedulers import Schedule
+from tl.training.stopping import Stopping
 from tl.training.strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class FitResult:
     best_epoch: int = 0  # 1-based; 0 before the first epoch
     history: list[dict[str, float]] = field(default_factory=list)
     best_predictions: Predictions | None = None  # on the validation set, by the restored weights
+    stopped: str | None = None  # why the fit stopped before its last epoch (tl/training/stopping.py), if it did
+    stopping: dict[str, float] = field(default_factory=dict)  # the epochs done and the budget's seconds
 
     @property
     def best(self) -> dict[str, float]:
@@ -70,9 +74,16 @@ class Trainer:
         progress: bool = True,
         monitor: str = "val_acc",
         mode: str = "auto",
+        label_smoothing: float = 0.0,
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        budget: str | float | None = None,
+        started: float | None = None,
         processes: Processes | None = None,
     ) -> None:
         self.epochs = epochs
+        # When to stop before `epochs`: see tl/training/stopping.py. `started`: when the budget's clock began.
+        self.stopping = Stopping(patience, min_delta, budget, started=time.monotonic() if started is None else started)
         self.processes = processes or Processes()  # several under torchrun
         self.deterministic = deterministic
         self.monitor, self.direction = monitor, metrics.direction(monitor, mode)
@@ -89,7 +100,12 @@ class Trainer:
         # NHWC memory layout: faster convolutions on CPUs and GPUs (benchmarks/compare.py, the tl-fp32 arms).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.progress = progress
-        self.criterion = nn.CrossEntropyLoss()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise TLError(f"trainer.label_smoothing={label_smoothing} is not allowed: a number from 0 up to 1")
+        # Label smoothing: the target puts 1 - label_smoothing on the true class and spreads the rest evenly.
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self._seconds_per_image: float | None = None  # training speed, for the budget's estimates
+        self._validation_seconds: float | None = None
 
     @property
     def pin_memory(self) -> bool:
@@ -130,16 +146,22 @@ class Trainer:
             if resume_from is not None:
                 first_epoch, best_state = self._restore(resume_from, network, optimizer, schedule, train_loader, result)
                 log.info("resuming after epoch %d/%d", first_epoch, self.epochs)
+            val_images = len(val_loader.dataset)
             for epoch in range(first_epoch, self.epochs):
+                if not self.stopping.before_epoch(epoch, result.history):
+                    break
                 started = time.perf_counter()
                 lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
                 strategy.start_epoch(model, epoch)
                 if isinstance(train_loader.sampler, DistributedSampler):
                     train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every process
-                row = self.train_one_epoch(self._parallel(network), optimizer, schedule, train_loader, epoch)
+                in_time = lambda: self.stopping.between_steps(self._validation(val_images))  # noqa: E731
+                row = self.train_one_epoch(self._parallel(network), optimizer, schedule, train_loader, epoch, in_time)
                 if schedule.interval == "epoch":
                     schedule.scheduler.step()
+                validation_started = time.perf_counter()
                 predictions = self.predict(network, val_loader)
+                self._validation_seconds = time.perf_counter() - validation_started
                 row.update(metrics.validation_metrics(predictions))
                 row.update(lr=list(lrs.values())[-1], epoch_seconds=time.perf_counter() - started)
                 if len(lrs) > 1:
@@ -159,12 +181,24 @@ class Trainer:
                     epoch + 1, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                     row["epoch_seconds"], row["images_per_second"],
                 )  # fmt: skip
+                if not self.stopping.after_epoch(result.history, self.monitor, self.direction):
+                    break
+            result.stopped, result.stopping = self.stopping.reason, self.stopping.summary(len(result.history))
+            if result.stopped:
+                log.info("stopped after epoch %d/%d: %s", len(result.history), self.epochs, result.stopped)
             network.load_state_dict(best_state)
             network.eval()
             log.info(
                 "best %s %.4f at epoch %d; its weights are restored", self.monitor, result.best_value, result.best_epoch
             )
             return result
+
+    def _validation(self, images: int) -> float:
+        """Seconds a validation pass over `images` will take: as the last one did; before any, as a third of
+        training on as many images (a forward pass without the backward)."""
+        if self._validation_seconds is not None:
+            return self._validation_seconds
+        return (self._seconds_per_image or 0.0) * images / 3
 
     def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
         # Images get the memory format; cached feature vectors (2-D) have none.
@@ -226,9 +260,16 @@ class Trainer:
         return state.epochs_done, state.best_network
 
     def train_one_epoch(
-        self, network: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, loader: DataLoader, epoch: int
+        self,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        loader: DataLoader,
+        epoch: int,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> dict[str, float]:
-        """One pass over `loader` with gradients: the training metrics (`metrics.TRAINING_METRICS`) and speed."""
+        """One pass over `loader` with gradients: the training metrics (`metrics.TRAINING_METRICS`) and speed.
+        Before each step after the first, `keep_going()` may end the pass (a time budget running out)."""
         started = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         batches = tqdm(
@@ -238,6 +279,8 @@ class Trainer:
             disable=None if self.progress and self.processes.is_main else True,
         )
         for step, (images, labels) in enumerate(batches, start=1):
+            if step > 1 and not keep_going():
+                break
             images, labels = self._to_device(images), labels.to(self.device, non_blocking=True)
             optimizer.zero_grad()
             with self.autocast():
@@ -256,6 +299,7 @@ class Trainer:
             total_loss += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
+            self._seconds_per_image = (time.perf_counter() - started) / seen
             batches.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)  # drawn at tqdm's own pace
         total_loss, correct, seen = self.processes.sum(total_loss, correct, seen)  # over all processes
         # Images actually trained on: a dropped lone last image is not counted.
