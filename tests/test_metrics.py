@@ -38,3 +38,14 @@ def test_accuracy_is_the_exact_fraction_not_a_float32_one():
     logits = torch.zeros(400, 2)
     logits[319:, 1] = 1.0  # 319 of 400 right
     assert metrics.val_acc(Predictions(logits, labels)) == 319 / 400 == 0.7975
+
+
+def test_balanced_accuracy_is_the_mean_of_each_classs_recall():
+    # 8 images of class 0, 2 of class 1; the model answers 0 for all but one image of class 1.
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    logits = torch.zeros(10, 2)
+    logits[:9, 0], logits[9, 1] = 1.0, 1.0
+    predictions = Predictions(logits, labels)
+    assert metrics.val_acc(predictions) == 0.9
+    assert metrics.val_balanced_acc(predictions) == (8 / 8 + 1 / 2) / 2  # 0.75
+    assert metrics.direction("val_balanced_acc") == "max"

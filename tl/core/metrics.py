@@ -54,12 +54,22 @@ def val_acc(predictions: Predictions) -> float:
     return int((predictions.predicted == predictions.labels).sum()) / len(predictions.labels)
 
 
+def val_balanced_acc(predictions: Predictions) -> float:
+    """The mean over classes of the fraction of each class's images whose top class is right (each class's
+    recall): on folders with unequal classes, a model that always answers the largest class scores 1/classes,
+    not that class's share."""
+    labels, predicted = predictions.labels, predictions.predicted
+    recalls = [int((predicted[labels == c] == c).sum()) / int((labels == c).sum()) for c in labels.unique().tolist()]
+    return sum(recalls) / len(recalls)
+
+
 # name -> (the function of the validation predictions, the direction that is better). A new metric is
 # one function above and one line here: it is then logged every epoch, as `best_<name>`, and can be
 # monitored.
 VALIDATION_METRICS: dict[str, tuple[Callable[[Predictions], float], str]] = {
     "val_loss": (val_loss, "min"),
     "val_acc": (val_acc, "max"),
+    "val_balanced_acc": (val_balanced_acc, "max"),
 }
 # Computed by the training loop itself (tl/training/trainer.py), over the images it trained on.
 TRAINING_METRICS = {"train_loss": "min", "train_acc": "max"}
