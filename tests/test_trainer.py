@@ -114,9 +114,11 @@ def without_timings(rows):
     return [(step, {k: v for k, v in row.items() if "second" not in k}) for step, row in rows]
 
 
-def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.8])  # with an average of the weights, it is resumed too
+def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(tmp_path, ema_decay):
     torch.manual_seed(1)
-    uninterrupted, straight, _ = fit(tiny_model(), epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2))
+    schedule = lambda o, e, s: step(o, e, s, step_size=2)  # noqa: E731
+    uninterrupted, straight, _ = fit(tiny_model(), epochs=4, schedule=schedule, ema_decay=ema_decay)
 
     class Crash(Exception):
         pass
@@ -129,13 +131,13 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(
 
     torch.manual_seed(1)
     with pytest.raises(Crash):
-        fit(tiny_model(), epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2),
+        fit(tiny_model(), epochs=4, schedule=schedule, ema_decay=ema_decay,
             checkpoint=CrashAfter(tmp_path / "last.pt", {"run_id": "abc", "config": ""}))  # fmt: skip
     state = checkpoints.load(tmp_path / "last.pt")  # weights_only=True
     assert state.epochs_done == 2 and state.run_id == "abc"
     torch.manual_seed(99)  # a fresh process: different RNG state and a new head until the state is restored
     model = tiny_model()
-    resumed, rest, _ = fit(model, epochs=4, schedule=lambda o, e, s: step(o, e, s, step_size=2),
+    resumed, rest, _ = fit(model, epochs=4, schedule=schedule, ema_decay=ema_decay,
                            checkpoint=Checkpoint(tmp_path / "next.pt", resume_from=state))  # fmt: skip
     assert without_timings(rest.rows) == without_timings(straight.rows)[2:]
     assert without_timings(enumerate(resumed.history)) == without_timings(enumerate(uninterrupted.history))
@@ -204,3 +206,31 @@ def test_fit_turns_on_deterministic_algorithms_only_while_it_runs():
     trainer = Trainer(epochs=1, device="cpu", precision="32", progress=False, deterministic=True)
     trainer.fit(model, Finetune(), optimizer, none(optimizer, 1, len(train)), train, val, Watch(model.network))
     assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_an_average_of_the_weights_is_validated_and_kept_instead_of_the_raw_weights():
+    model = tiny_model()
+    averaged, recorder, _ = fit(model, epochs=4, ema_decay=0.9)
+    raw_at_best = recorder.states[averaged.best_epoch - 1]  # the raw weights when the best epoch was logged
+    kept = model.network.state_dict()
+    assert any(not torch.equal(kept[k], raw_at_best[k]) for k in kept if kept[k].is_floating_point())
+    plain, _, _ = fit(tiny_model(), epochs=4)
+    assert [row["val_loss"] for row in averaged.history] != [row["val_loss"] for row in plain.history]
+
+
+def test_the_weight_average_follows_the_ema_rule():
+    from tl.training.averaging import WeightAverage
+
+    network = nn.Linear(1, 1, bias=False)
+    average = WeightAverage(0.9)
+    with torch.no_grad():
+        network.weight.fill_(1.0)
+        average.start(network)  # the average starts at the first update's weights
+        for value in (1.0, 3.0, 5.0):
+            network.weight.fill_(value)
+            average.update(network)
+    # 1 (first update: copied), then 0.9 * 1 + 0.1 * 3 = 1.2, then 0.9 * 1.2 + 0.1 * 5 = 1.58
+    assert average.evaluated(network).weight.item() == pytest.approx(1.58)
+    assert WeightAverage(None).evaluated(network) is network
+    with pytest.raises(TLError, match="trainer.ema_decay=1.5"):
+        WeightAverage(1.5)

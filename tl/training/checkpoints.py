@@ -13,7 +13,7 @@ import random
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class TrainingState:
     run_id: str | None = None
     config: str = ""  # the config as run, YAML
     choices: dict[str, str] = field(default_factory=dict)  # each config group's option
+    average: dict[str, Any] | None = None  # the weights' moving average (trainer.ema_decay), if any
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for torch.save (not `dataclasses.asdict`, which would deep-copy every tensor)."""
@@ -139,9 +140,10 @@ def load(path: Path) -> TrainingState:
     if not isinstance(saved, dict) or not {"config", "run_id", "epochs_done"} <= saved.keys():
         raise TLError(f"{path} is not a training state to resume (is it a best.pt?); give a run's {LAST}")
     names = {f.name for f in fields(TrainingState)}
-    if not names <= saved.keys():
+    required = {f.name for f in fields(TrainingState) if f.default is MISSING and f.default_factory is MISSING}
+    if not required <= saved.keys():
         raise TLError(f"{path} was written by an earlier version of tl and cannot be resumed; start the run again")
-    return TrainingState(**{name: saved[name] for name in names})
+    return TrainingState(**{name: saved[name] for name in names & saved.keys()})
 
 
 def locate(cfg: DictConfig, output_dir_of: Callable[[str], str]) -> Path:

@@ -23,6 +23,7 @@ from tl.core.metrics import Predictions
 from tl.core.numerics import autocast_for, numerics, resolve_device, resolve_precision
 from tl.core.provenance import environment
 from tl.models.backbones import TransferModel
+from tl.training.averaging import WeightAverage
 from tl.training.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
 from tl.training.features import FeaturePass
 from tl.training.schedulers import Schedule
@@ -75,6 +76,7 @@ class Trainer:
         monitor: str = "val_acc",
         mode: str = "auto",
         label_smoothing: float = 0.0,
+        ema_decay: float | None = None,
         patience: int | None = None,
         min_delta: float = 0.0,
         budget: str | float | None = None,
@@ -104,6 +106,7 @@ class Trainer:
             raise TLError(f"trainer.label_smoothing={label_smoothing} is not allowed: a number from 0 up to 1")
         # Label smoothing: the target puts 1 - label_smoothing on the true class and spreads the rest evenly.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.average = WeightAverage(ema_decay)  # an EMA of the weights, validated and kept instead, if any
         self._seconds_per_image: float | None = None  # training speed, for the budget's estimates
         self._validation_seconds: float | None = None
 
@@ -141,6 +144,7 @@ class Trainer:
         with numerics(self.deterministic):  # for this fit only: restored when it ends
             network = model.network.to(self.device, memory_format=self.memory_format)
             result = FitResult(self.monitor)
+            self.average.start(network)
             best_state = copy.deepcopy(network.state_dict())
             first_epoch = 0
             if resume_from is not None:
@@ -160,7 +164,7 @@ class Trainer:
                 if schedule.interval == "epoch":
                     schedule.scheduler.step()
                 validation_started = time.perf_counter()
-                predictions = self.predict(network, val_loader)
+                predictions = self.predict(self.average.evaluated(network), val_loader)
                 self._validation_seconds = time.perf_counter() - validation_started
                 row.update(metrics.validation_metrics(predictions))
                 row.update(lr=list(lrs.values())[-1], epoch_seconds=time.perf_counter() - started)
@@ -169,7 +173,7 @@ class Trainer:
                 result.history.append(row)
                 if metrics.is_better(row[self.monitor], result.best.get(self.monitor), self.direction):
                     result.best_epoch, result.best_predictions = epoch + 1, predictions
-                    best_state = copy.deepcopy(network.state_dict())
+                    best_state = copy.deepcopy(self.average.evaluated(network).state_dict())
                 if checkpoint is not None:
                     # Saved before the metrics are logged: a resume logs what a crash in between left unlogged.
                     checkpoint.save(
@@ -226,8 +230,11 @@ class Trainer:
         best = result.best_predictions
         return TrainingState(
             epochs_done=epochs_done,
-            # After an improving epoch the weights are the best ones: the same tensors are written once.
-            network=best_state if result.best_epoch == epochs_done else network.state_dict(),
+            # After an improving epoch the weights are the best ones (unless the best are an average): the same
+            # tensors are written once.
+            network=best_state
+            if result.best_epoch == epochs_done and self.average.decay is None
+            else network.state_dict(),
             optimizer=optimizer.state_dict(),
             scheduler=schedule.scheduler.state_dict(),
             grad_scaler=self.scaler.state_dict(),
@@ -237,6 +244,7 @@ class Trainer:
             best_network=best_state,
             best_logits=best.logits if best else None,
             best_labels=best.labels if best else None,
+            average=self.average.state_dict(),
         )
 
     def _restore(
@@ -254,6 +262,7 @@ class Trainer:
         schedule.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.grad_scaler)
         restore_rng_states(state.rng, train_loader.generator)
+        self.average.load_state_dict(state.average)
         result.history, result.best_epoch = list(state.history), state.best_epoch
         if state.best_logits is not None:
             result.best_predictions = Predictions(state.best_logits, state.best_labels)
@@ -294,6 +303,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
+            self.average.update(network)
             if schedule.interval == "step":
                 schedule.scheduler.step()
             total_loss += loss.item() * len(labels)
