@@ -234,3 +234,39 @@ def test_the_weight_average_follows_the_ema_rule():
     assert WeightAverage(None).evaluated(network) is network
     with pytest.raises(TLError, match="trainer.ema_decay=1.5"):
         WeightAverage(1.5)
+
+
+def test_flip_tta_averages_each_images_probabilities_with_its_mirror_images():
+    from tl.models.pyfunc_model import class_probabilities
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))  # not mirror-symmetric
+    batch = torch.randn(5, 3, 4, 4)
+    plain, mirrored = network(batch).softmax(1), network(batch.flip(-1)).softmax(1)
+    assert not torch.allclose(plain, mirrored)
+    assert torch.allclose(class_probabilities(network, batch, tta=True), (plain + mirrored) / 2)
+    assert torch.allclose(class_probabilities(network, batch, tta=False), plain)
+    # The trainer's validation with tta: the log of those probabilities, as logits (softmax gives them back).
+    trainer = Trainer(epochs=1, device="cpu", precision="32", tta=True)
+    loader = DataLoader(TensorDataset(batch, torch.zeros(5, dtype=torch.long)), batch_size=2)
+    with torch.no_grad():
+        assert torch.allclose(trainer.predict(network, loader).probabilities, (plain + mirrored) / 2, atol=1e-6)
+    assert trainer.tta_applied
+    features = DataLoader(TensorDataset(torch.randn(4, 48), torch.zeros(4, dtype=torch.long)), batch_size=2)
+    trainer.predict(network[1], features)  # cached feature vectors have no mirror image: scored as they are
+    assert not trainer.tta_applied
+
+
+def test_the_served_model_reads_tta_from_classifier_json(tmp_path):
+    import json
+
+    from tl.models import logged_model, pyfunc_model
+
+    network = torch.export.export(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2)), (torch.randn(1, 3, 4, 4),))
+    torch.export.save(network, tmp_path / "model.pt2")
+    preprocess = {"input_size": 4, "resize_size": 4, "interpolation": "bilinear", "mean": [0] * 3, "std": [1] * 3}
+    for tta in (True, False):
+        info = logged_model._classifier_info({"classes": ["a", "b"], "preprocess": preprocess, "tta": tta})
+        (tmp_path / "classifier.json").write_text(json.dumps(info))
+        classifier = pyfunc_model.load_classifier(str(tmp_path / "model.pt2"), str(tmp_path / "classifier.json"))
+        assert classifier.tta is tta

@@ -93,8 +93,9 @@ def log_model(
 
 
 def _classifier_info(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What the pyfunc reads at load: the class names and the preprocessing."""
-    return {"classes": list(metadata["classes"]), "preprocess": dict(metadata["preprocess"])}
+    """What the pyfunc reads at load: the class names, the preprocessing and test-time augmentation."""
+    return {"classes": list(metadata["classes"]), "preprocess": dict(metadata["preprocess"]),
+            "tta": bool(metadata.get("tta", False))}  # fmt: skip
 
 
 class _PyfuncAndPytorch:

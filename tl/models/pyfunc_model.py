@@ -168,19 +168,34 @@ class ImageReader:
         return self.transform(load_image(source, pre.resize_size, pre.interpolation))
 
 
-class Classifier:
-    """The network and what it needs to answer: its class names and preprocessing."""
+def class_probabilities(
+    network: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, tta: bool
+) -> torch.Tensor:
+    """Class probabilities (N, classes) of a batch of images; with `tta` (test-time augmentation), the mean of
+    those of each image and of its mirror image (flipped left to right). Training's validation and the logged
+    model both answer with this, so a model validated with TTA is served with it."""
+    probabilities = network(batch).float().softmax(1)
+    if tta:
+        probabilities = (probabilities + network(batch.flip(-1)).float().softmax(1)) / 2
+    return probabilities
 
-    def __init__(self, network: torch.nn.Module, classes: Sequence[str], preprocess: Preprocessing) -> None:
+
+class Classifier:
+    """The network and what it needs to answer: its class names, preprocessing and test-time augmentation."""
+
+    def __init__(
+        self, network: torch.nn.Module, classes: Sequence[str], preprocess: Preprocessing, tta: bool = False
+    ) -> None:
         self.network = network
         self.classes = list(classes)
         self.preprocess = preprocess
+        self.tta = tta
         self.read = ImageReader(preprocess)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, classes) for a batch of images as `read` gives them."""
         with torch.inference_mode():
-            return self.network(batch).softmax(1)
+            return class_probabilities(self.network, batch, self.tta)
 
     def classify(
         self, images: Iterable[Any], k: int, open_image: Callable[[Any], str | IO[bytes]] = lambda image: image
@@ -210,7 +225,7 @@ def load_classifier(network_path: str, classifier_json: str) -> Classifier:
     with open(classifier_json) as f:
         info = json.load(f)
     network = torch.export.load(network_path).module()
-    return Classifier(network, info["classes"], SimpleNamespace(**info["preprocess"]))
+    return Classifier(network, info["classes"], SimpleNamespace(**info["preprocess"]), bool(info.get("tta", False)))
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):

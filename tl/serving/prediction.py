@@ -69,7 +69,8 @@ def load_logged_model(model_uri: str, allow_pickle: bool = False) -> Classifier:
         ) from error
     if "classes" not in metadata or "preprocess" not in metadata:
         raise TLError(f"{model_uri} has no class names or preprocessing in its metadata: was it logged by tl?")
-    return Classifier(network, list(metadata["classes"]), Preprocess(**metadata["preprocess"]))
+    preprocess = Preprocess(**metadata["preprocess"])
+    return Classifier(network, list(metadata["classes"]), preprocess, bool(metadata.get("tta", False)))
 
 
 # The files a torch.export model tl logged may hold beside its program, in its flavour's `model_data`

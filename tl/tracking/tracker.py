@@ -251,7 +251,7 @@ class MlflowTracker:
             mlflow.set_tag("tl.stopped_early", tag_value(result.stopped))
         self._log_evaluation(result, classes, preprocess, val_set)
         low, high = self._log_uncertainty(result.best_predictions, classes, val_set)
-        about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights}
+        about = {"classes": classes, "preprocess": asdict(preprocess), "weights": model.weights, "tta": result.tta}
         checkpoint = {"state_dict": model.network.state_dict(), "best_epoch": result.best_epoch,
                       "best_metrics": result.best, "monitor": result.monitor, **about}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:

@@ -23,6 +23,7 @@ from tl.core.metrics import Predictions
 from tl.core.numerics import autocast_for, numerics, resolve_device, resolve_precision
 from tl.core.provenance import environment
 from tl.models.backbones import TransferModel
+from tl.models.pyfunc_model import class_probabilities
 from tl.training.averaging import WeightAverage
 from tl.training.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
 from tl.training.features import FeaturePass
@@ -48,6 +49,7 @@ class FitResult:
     best_epoch: int = 0  # 1-based; 0 before the first epoch
     history: list[dict[str, float]] = field(default_factory=list)
     best_predictions: Predictions | None = None  # on the validation set, by the restored weights
+    tta: bool = False  # validated with test-time augmentation (and served with it)
     stopped: str | None = None  # why the fit stopped before its last epoch (tl/training/stopping.py), if it did
     stopping: dict[str, float] = field(default_factory=dict)  # the epochs done and the budget's seconds
 
@@ -77,6 +79,7 @@ class Trainer:
         mode: str = "auto",
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
+        tta: bool = False,
         patience: int | None = None,
         min_delta: float = 0.0,
         budget: str | float | None = None,
@@ -106,6 +109,8 @@ class Trainer:
             raise TLError(f"trainer.label_smoothing={label_smoothing} is not allowed: a number from 0 up to 1")
         # Label smoothing: the target puts 1 - label_smoothing on the true class and spreads the rest evenly.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.tta = tta  # validate (and serve) each image with its mirror image too
+        self.tta_applied = False  # whether the last validation did (not on cached feature vectors)
         self.average = WeightAverage(ema_decay)  # an EMA of the weights, validated and kept instead, if any
         self._seconds_per_image: float | None = None  # training speed, for the budget's estimates
         self._validation_seconds: float | None = None
@@ -188,6 +193,7 @@ class Trainer:
                 if not self.stopping.after_epoch(result.history, self.monitor, self.direction):
                     break
             result.stopped, result.stopping = self.stopping.reason, self.stopping.summary(len(result.history))
+            result.tta = self.tta_applied  # the logged model answers as it was validated
             if result.stopped:
                 log.info("stopped after epoch %d/%d: %s", len(result.history), self.epochs, result.stopped)
             network.load_state_dict(best_state)
@@ -321,11 +327,18 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, network: nn.Module, loader: DataLoader) -> Predictions:
-        """Every batch's logits (in fp32, on the CPU) and labels, in the loader's order."""
+        """Every batch's logits (in fp32, on the CPU) and labels, in the loader's order. With `tta`, images
+        (not cached feature vectors, which have no mirror image) are scored with their mirror image too, and
+        the logits are the log of the averaged probabilities."""
         network.eval()
         logits, labels = [], []
         for images, batch_labels in loader:
             with self.autocast():
-                logits.append(network(self._to_device(images)).float().cpu())
+                inputs = self._to_device(images)
+                self.tta_applied = self.tta and inputs.dim() == 4
+                if self.tta_applied:
+                    logits.append(class_probabilities(network, inputs, tta=True).log().cpu())
+                else:
+                    logits.append(network(inputs).float().cpu())
             labels.append(batch_labels)
         return Predictions(torch.cat(logits), torch.cat(labels))
