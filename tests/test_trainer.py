@@ -270,3 +270,24 @@ def test_the_served_model_reads_tta_from_classifier_json(tmp_path):
         (tmp_path / "classifier.json").write_text(json.dumps(info))
         classifier = pyfunc_model.load_classifier(str(tmp_path / "model.pt2"), str(tmp_path / "classifier.json"))
         assert classifier.tta is tta
+
+
+def test_class_weights_weigh_each_class_by_the_inverse_of_its_share():
+    from tl.training.trainer import balanced_class_weights
+
+    labels = torch.tensor([0] * 6 + [1] * 2 + [2] * 4)
+    dataset = TensorDataset(torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0)), labels)
+    assert balanced_class_weights(dataset).tolist() == pytest.approx([12 / 18, 12 / 6, 12 / 12])
+    losses = {}
+    for weighted in (False, True):
+        model = tiny_model()
+        optimizer = torch.optim.SGD(Finetune().param_groups(model, 0.1), lr=0.1)
+        trainer = Trainer(epochs=1, device="cpu", precision="32", progress=False, class_weights=weighted)
+        loader = DataLoader(dataset, batch_size=12)
+        result = trainer.fit(
+            model, Finetune(), optimizer, none(optimizer, 1, 1), loader, loader, Recorder(model.network)
+        )
+        losses[weighted] = result.history[0]["train_loss"]
+        assert (trainer.criterion.weight is not None) == weighted
+    # The first step's loss, with the same weights: the class-weighted mean differs from the plain mean.
+    assert losses[True] != pytest.approx(losses[False])

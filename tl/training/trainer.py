@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from tl.core import metrics
@@ -32,6 +32,15 @@ from tl.training.stopping import Stopping
 from tl.training.strategies import Strategy
 
 log = logging.getLogger(__name__)
+
+
+def balanced_class_weights(dataset: Dataset) -> torch.Tensor:
+    """Each class's loss weight, `images / (classes * the class's images)`: every class then counts as much
+    in the loss as if the classes were equal (scikit-learn's "balanced" rule). `dataset`: an ImageFolder
+    (its `targets`) or a TensorDataset of features and labels."""
+    labels = torch.as_tensor(dataset.targets if hasattr(dataset, "targets") else dataset.tensors[1])
+    counts = torch.bincount(labels).float()
+    return (len(labels) / (len(counts) * counts.clamp(min=1))).float()
 
 
 class MetricsLogger(Protocol):
@@ -80,6 +89,7 @@ class Trainer:
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
         tta: bool = False,
+        class_weights: bool = False,
         patience: int | None = None,
         min_delta: float = 0.0,
         budget: str | float | None = None,
@@ -109,6 +119,7 @@ class Trainer:
             raise TLError(f"trainer.label_smoothing={label_smoothing} is not allowed: a number from 0 up to 1")
         # Label smoothing: the target puts 1 - label_smoothing on the true class and spreads the rest evenly.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.class_weights = class_weights  # weigh each class's loss by the inverse of its share of the images
         self.tta = tta  # validate (and serve) each image with its mirror image too
         self.tta_applied = False  # whether the last validation did (not on cached feature vectors)
         self.average = WeightAverage(ema_decay)  # an EMA of the weights, validated and kept instead, if any
@@ -150,6 +161,8 @@ class Trainer:
             network = model.network.to(self.device, memory_format=self.memory_format)
             result = FitResult(self.monitor)
             self.average.start(network)
+            if self.class_weights:
+                self.criterion.weight = balanced_class_weights(train_loader.dataset).to(self.device)
             best_state = copy.deepcopy(network.state_dict())
             first_epoch = 0
             if resume_from is not None:
