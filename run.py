@@ -38,27 +38,28 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     """One run, step by step: the config in effect, the parts built from it, the fit, the results logged."""
     from tl.core import distributed, numerics, provenance  # after main's checks: see HEAVY above
     from tl.tracking import reproduce
+    from tl.training import lr_finder
 
     logging.getLogger("tl").info("starting: config checked, libraries loaded")  # benchmarks/overhead.py reads it
     run = reproduce.effective_run(cfg, HydraConfig.get())  # this command's, or rerun='s or resume='s recorded one
     cfg = run.config
     check_config(cfg)
-    trainer = instantiate(
-        cfg.trainer, processes=processes, started=STARTED
-    )  # first: its settings are checked before any work
+    # First: its settings are checked before any work; its time budget counts from the command's start.
+    trainer = instantiate(cfg.trainer, processes=processes, started=STARTED)
     numerics.seed_everything(cfg.seed + processes.rank)  # each process draws its own augmentations
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))
     train_loader, val_loader = data.loaders(model.preprocess, cfg.seed, processes, pin_memory=trainer.pin_memory)
     strategy = instantiate(cfg.strategy)
-    optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
-    schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
     trained, fit_train, fit_val = strategy.fit_inputs(model, data, train_loader, val_loader, trainer.feature_pass())
+    lr_test = lr_finder.resolve(cfg, model, trained, strategy, fit_train, trainer.device)  # lr=auto sets cfg.lr
+    optimizer = instantiate(cfg.optimizer)(strategy.param_groups(model, cfg.lr))
+    schedule = instantiate(cfg.scheduler)(optimizer, epochs=cfg.epochs, steps_per_epoch=len(fit_train))
     tracking = distributed.main_only(processes, run.tracker)  # only rank 0 logs
     # The checkpoint outlives the MLflow run: it is removed only once the run has ended FINISHED.
     with run.checkpoint(writer=processes.is_main) as checkpoint, tracking as tracker:
         checkpoint.record_run(tracker.run_id)
-        tracker.log_start(run, provenance.code_state(ROOT), trainer.environment(), data.fingerprint(), model)
+        tracker.log_start(run, provenance.code_state(ROOT), trainer.environment(), data.fingerprint(), model, lr_test)
         result = trainer.fit(trained, strategy, optimizer, schedule, fit_train, fit_val, tracker, checkpoint=checkpoint)
         tracker.log_result(result, model, data.classes, data.preprocess(model.preprocess), val_loader.dataset)
     return result.best_value

@@ -41,7 +41,7 @@ def duration_seconds(duration: object) -> float | None:
 
 # key -> (is the value allowed, what is allowed: the end of "KEY must be ...").
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0, e.g. lr=1e-3"),
+    "lr": (lambda v: v == "auto" or (_is_number(v) and v > 0), "a number > 0, e.g. lr=1e-3, or auto (a range test)"),
     "epochs": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
     "seed": (_is_int, "a whole number"),

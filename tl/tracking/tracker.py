@@ -47,6 +47,7 @@ from tl.tracking.runs import (
     tag_value,
 )
 from tl.tracking.stores import use_store
+from tl.training.lr_finder import RangeTest
 from tl.training.trainer import FitResult
 
 log = logging.getLogger(__name__)
@@ -153,14 +154,19 @@ class MlflowTracker:
         environment: dict[str, str],
         dataset: DatasetFingerprint,
         model: TransferModel,
+        lr_test: RangeTest | None = None,
     ) -> None:
-        """Before the first epoch: a new run's config and provenance; a resumed run's epochs that a crash
-        left unlogged; for a rerun, what differs from the original."""
+        """Before the first epoch: a new run's config and provenance (and, for lr=auto, the range test that
+        chose its lr); a resumed run's epochs that a crash left unlogged; for a rerun, what differs from the
+        original."""
         if run.resumed:
             self.log_missing_epochs(run.resumed.history)
         else:
             self.log_config(run.config, run.choices, run.hydra)
             self.log_provenance(code, environment, dataset, model)
+        if lr_test is not None:
+            mlflow.set_tag("tl.lr_found", f"{lr_test.suggestion:.4g} (lr=auto: the range test's steepest descent)")
+            mlflow.log_figure(lr_test.figure(), "evaluation/lr_range_test.png")
         if run.config.rerun:
             self.warn_if_changed(run.config.rerun, code, dataset, model)
 
