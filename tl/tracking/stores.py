@@ -97,14 +97,13 @@ def _unreachable(uri: str) -> str | None:
 
 
 def create_store_in_background(uri: str | None) -> subprocess.Popen | None:
-    """Start creating a new local MLflow store (a SQLite file) in a child process, while this one
-    loads torch and the rest on one core: MLflow creates a database by running each of its schema
-    migrations (benchmarks/overhead.py: run start), once per store, so a user's first run paid it. The child creates
-    it holding the store's lock, which `use_store` takes too: a run that opens the store meanwhile
-    waits for the child and then finds its tables (MLflow's tracking store takes no lock of its own,
-    and two processes migrating one new database at once fail). Nothing starts when the store exists
-    or is not a SQLite file. The child runs in its own session: a Ctrl-C
-    meant for the run does not stop it halfway through a migration."""
+    """Start creating a new local MLflow store (a SQLite file) in a child process, while this one loads torch
+    and the rest on one core: MLflow creates a database by running each of its schema migrations
+    (benchmarks/overhead.py: run start), once per store, so a user's first run paid it. The child creates it
+    holding the store's lock, which `use_store` takes too: a run that opens the store meanwhile waits for the
+    child and then finds its tables (MLflow's tracking store takes no lock of its own, and two processes
+    migrating one new database at once fail). Nothing starts when the store exists or is not a SQLite file.
+    The child runs in its own session: a Ctrl-C meant for the run does not stop it halfway through a migration."""
     path = _sqlite_path(uri or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_STORE)
     if path is None or path.exists() or (not uri and Path("mlruns").is_dir()):
         return None  # (./mlruns makes MLflow's default a file store)
