@@ -121,7 +121,7 @@ def test_a_torch_export_model_with_a_code_folder_or_a_pickle_beside_it_is_refuse
     # the model's author.
     marker = tmp_path / "marker"
     model = Path(mlflow.artifacts.download_artifacts(logged_model_uri, dst_path=str(tmp_path / "m")))
-    (model / "code").mkdir()
+    (model / "code").mkdir(exist_ok=True)  # the pyfunc's own code folder (archive_check.py) is there already
     (model / "code" / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     (model / "artifacts" / "model.pth").write_bytes(b"not read")
     (model / "artifacts" / "pickle_module_info.txt").write_text("evil")

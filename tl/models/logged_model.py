@@ -2,9 +2,11 @@
 (tl/models/pyfunc_model.py, run by MLflow from the model's own files), around a torch.export program, with its
 signature, environment and metadata (classes, preprocessing); loadable without tl or timm installed.
 
-The model's folder holds the program as `artifacts/model.pt2` and the class names and preprocessing as
-`artifacts/classifier.json`; its MLmodel has two flavours: `python_function` (images in, answers out) and
-`pytorch` (the same program: `mlflow.pytorch.load_model` gives the network, tensors in, logits out).
+The model's folder holds the program as `artifacts/model.pt2`, the class names and preprocessing as
+`artifacts/classifier.json`, and the pyfunc's code, `pyfunc_model.py` and `code/archive_check.py` (which checks
+the program before torch loads it); its MLmodel has two flavours: `python_function` (images in, answers out)
+and `pytorch` (the same program: `mlflow.pytorch.load_model` gives the network, tensors in, logits out, with
+torch's own loader, which does not check it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
-from tl.models import pyfunc_model
+from tl.models import archive_check, pyfunc_model
 
 NETWORK_FILE = "model.pt2"
 CLASSIFIER_FILE = "classifier.json"
@@ -65,7 +68,14 @@ def log_model(
         raise ValueError("metadata needs the class names and the preprocessing: the served model reads them")
     network = network.to("cpu").eval()
     example = input_example[:2].cpu()
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder, _no_requirements_check():
+    with (
+        warnings.catch_warnings(),
+        tempfile.TemporaryDirectory() as folder,
+        _no_requirements_check(),
+        # MLflow runs the pyfunc's file once as it saves it, before its code folder is on the import path:
+        # its `import archive_check` then finds tl's own.
+        mock.patch.dict(sys.modules, {"archive_check": archive_check}),
+    ):
         # torch.export's archive writer warns about shared weights that are already on the CPU.
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
         # The signature is given; an example would only be run to check it (seconds of a run's wrap-up).
@@ -78,6 +88,9 @@ def log_model(
             name="model",
             flavor=_PyfuncAndPytorch,
             python_model=pyfunc_model.__file__,
+            # The pyfunc loads its program with archive_check.py: MLflow copies it to the model's code folder
+            # and puts that on the import path before it runs the pyfunc.
+            code_paths=[archive_check.__file__],
             artifacts={"network": str(Path(folder, NETWORK_FILE)), "classifier": str(Path(folder, CLASSIFIER_FILE))},
             signature=SIGNATURE,
             # Pins of what this process runs, given rather than inferred: MLflow would infer them

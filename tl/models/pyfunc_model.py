@@ -3,9 +3,11 @@
 MLflow stores this file with every model tl logs ("models from code") and runs it when the model is
 loaded as a pyfunc (`mlflow.pyfunc.load_model`, `mlflow models serve`), beside the model's two
 artifacts: the network as a `torch.export` program and `classifier.json` (class names, preprocessing).
-So it imports nothing from tl: torch, torchvision, PIL, pandas and MLflow only. It is also the
-one implementation of reading an image and of the evaluation transform: training, validation,
-`predict.py` and the served model all import them from here, so all read an image alike.
+So it imports nothing from tl: torch, torchvision, PIL, pandas and MLflow only, and `archive_check.py`,
+which MLflow stores with it (in the model's code folder) and which loads the program only once nothing in
+it can run as code. It is also the one implementation of reading an image and of the evaluation transform:
+training, validation, `predict.py` and the served model all import them from here, so all read an image
+alike.
 
 A request is a DataFrame with one column, `image`: the file's bytes (MLflow's `binary` type, base64 in
 JSON). The answer has one row per image: `label`, `probability`, `top_k` (the k most likely classes,
@@ -33,6 +35,11 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
+
+if __package__:  # tl.models.pyfunc_model, part of tl
+    from . import archive_check
+else:  # the model's own copy, run by MLflow beside the model's copy of archive_check.py (its code folder)
+    import archive_check
 
 IMAGE_COLUMN = "image"
 DEFAULT_TOP_K = 5
@@ -221,10 +228,12 @@ class Classifier:
 
 
 def load_classifier(network_path: str, classifier_json: str) -> Classifier:
-    """The classifier from its two artifacts: the torch.export program and classifier.json."""
+    """The classifier from its two artifacts: the torch.export program, loaded only once archive_check.py has
+    found nothing in it that torch would run as code (`archive_check.UnsafeProgram` otherwise), and
+    classifier.json."""
     with open(classifier_json) as f:
         info = json.load(f)
-    network = torch.export.load(network_path).module()
+    network = archive_check.load_program(network_path)
     return Classifier(network, info["classes"], SimpleNamespace(**info["preprocess"]), bool(info.get("tta", False)))
 
 
@@ -232,7 +241,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     """The pyfunc: a DataFrame of encoded images in, one answer per image out (see the module docstring)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the network and classifier.json from the model's artifacts."""
+        """Load the network and classifier.json from the model's artifacts: a program that could run code is
+        refused (`UnsafeProgram`, a ValueError), so `mlflow.pyfunc.load_model` raises and `mlflow models serve`
+        does not start."""
         self.classifier = load_classifier(context.artifacts["network"], context.artifacts["classifier"])
 
     def predict(

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from tqdm.auto import tqdm
 
 from tl.core.errors import TLError, first_line
+from tl.models import archive_check
 from tl.models.backbones import Preprocess
 from tl.models.pyfunc_model import Classifier
 
@@ -48,20 +49,28 @@ class Row:
 def load_logged_model(model_uri: str, allow_pickle: bool = False) -> Classifier:
     """The logged model at `model_uri`, with the metadata tl logged beside it; one-line errors otherwise.
 
-    The network is loaded only as a `torch.export` program (what tl logs), whose loading runs no code, and
-    the images are read by tl's own tl/models/pyfunc_model.py: the copy of that file stored with the model (what
-    `mlflow.pyfunc.load_model` and `mlflow models serve` run) is not executed here. The model's files are
-    fetched and looked at first, and a pickled model (unpickling can run any code that whoever logged it
-    put there) is refused unless `allow_pickle`. MLflow is also told not to unpickle
-    (MLFLOW_ALLOW_PICKLE_DESERIALIZATION), so it checks that the program's archive holds no pickle.
+    The model's files are fetched and looked at first: a pickled model (unpickling can run any code that
+    whoever logged it put there) is refused unless `allow_pickle`, and so is a model with anything beside its
+    program. The network is then loaded as the `torch.export` program tl logs, through
+    tl/models/archive_check.py: torch's own loader runs parts of a program's archive as code (size
+    expressions, guards, names pasted into generated source, pickles), so the archive is checked first and a
+    program that could run code is refused, whatever `allow_pickle` says. The images are read by tl's own
+    tl/models/pyfunc_model.py: the copy of that file stored with the model (what `mlflow.pyfunc.load_model`
+    and `mlflow models serve` run) is not executed here.
     """
     try:
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
         local = Path(mlflow.artifacts.download_artifacts(model_uri))
         if not allow_pickle:
             _check_loads_without_code(local, model_uri)
-        with mock.patch.dict(os.environ, {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": str(allow_pickle).lower()}):
-            network = mlflow.pytorch.load_model(str(local), map_location="cpu")
+        program = _program_folder(local) / "model.pt2"
+        if program.is_file() and not program.with_name("model.pth").is_file():
+            network = archive_check.load_program(program)
+        else:  # a pickled model, allowed: MLflow's PyTorch flavour unpickles it
+            with mock.patch.dict(os.environ, {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}):
+                network = mlflow.pytorch.load_model(str(local), map_location="cpu")
+    except archive_check.UnsafeProgram as error:
+        raise TLError(f"model_uri={model_uri}: {error}") from None
     except (MlflowException, OSError) as error:
         raise TLError(
             f"could not load model_uri={model_uri} from {mlflow.get_tracking_uri()} ({first_line(error)}); "
@@ -71,6 +80,13 @@ def load_logged_model(model_uri: str, allow_pickle: bool = False) -> Classifier:
         raise TLError(f"{model_uri} has no class names or preprocessing in its metadata: was it logged by tl?")
     preprocess = Preprocess(**metadata["preprocess"])
     return Classifier(network, list(metadata["classes"]), preprocess, bool(metadata.get("tta", False)))
+
+
+def _program_folder(model_dir: Path) -> Path:
+    """The folder MLflow's PyTorch flavour reads the network from (its `model_data`)."""
+    flavor = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("pytorch") or {}
+    # `artifacts` since the model became a pyfunc too (tl/models/logged_model.py); `data` before.
+    return model_dir / str(flavor.get("model_data", "data"))
 
 
 # The files a torch.export model tl logged may hold beside its program, in its flavour's `model_data`
@@ -84,8 +100,7 @@ def _check_loads_without_code(model_dir: Path, model_uri: str) -> None:
     files name) any `model.pth` in its data folder; a torch.export program needs neither. (tl's models also
     carry their pyfunc's Python file, which `predict.py` never runs: it reads images with tl's own copy.)"""
     flavor = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("pytorch") or {}
-    # `artifacts` since the model became a pyfunc too (tl/models/logged_model.py); `data` before.
-    data = model_dir / str(flavor.get("model_data", "data"))
+    data = _program_folder(model_dir)
     if (data / "model.pth").is_file():
         problem = "is a pickled PyTorch model"
     elif flavor.get("code"):
