@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from tl.core.errors import Interrupted, TLError
 from tl.training import checkpoints
@@ -56,19 +56,13 @@ def test_locate_takes_a_file_a_run_folder_or_a_run_id(tmp_path):
     path = tmp_path / "run" / checkpoints.LAST
     Checkpoint(path, ABOUT).save(state(1))
     never = lambda run_id: pytest.fail("not a run id")  # noqa: E731
-    assert checkpoints.locate(resume(path), never) == path
-    assert checkpoints.locate(resume(tmp_path / "run"), never) == path
-    assert checkpoints.locate(resume(RUN_ID), lambda run_id: str(tmp_path / "run")) == path
+    assert checkpoints.locate(str(path), never) == path
+    assert checkpoints.locate(str(tmp_path / "run"), never) == path
+    assert checkpoints.locate(RUN_ID, lambda run_id: str(tmp_path / "run")) == path
     with pytest.raises(TLError, match="not a checkpoint file, a run's output folder or an MLflow run id"):
-        checkpoints.locate(resume("nonsense"), never)
+        checkpoints.locate("nonsense", never)
     with pytest.raises(TLError, match=r"last.pt does not exist; .* finished"):
-        checkpoints.locate(resume(tmp_path), never)
-    with pytest.raises(TLError, match="rerun= and resume= are both set"):
-        checkpoints.locate(OmegaConf.create({"resume": str(path), "rerun": RUN_ID}), never)
-
-
-def resume(value) -> DictConfig:
-    return OmegaConf.create({"resume": str(value), "rerun": None})
+        checkpoints.locate(str(tmp_path), never)
 
 
 def test_load_names_a_file_that_is_not_a_checkpoint_in_one_line(tmp_path):

@@ -87,7 +87,9 @@ def effective_run(cfg: DictConfig, hydra: DictConfig) -> EffectiveRun:
     checkpoint_path = Path(hydra.runtime.output_dir, checkpoints.LAST)
     refuse_password(cfg.tracking.uri or mlflow.get_tracking_uri())  # before any message names the store
     if cfg.resume:  # the run as it started, continued after its last finished epoch
-        checkpoint_path = checkpoints.locate(cfg, lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri))
+        checkpoint_path = checkpoints.locate(
+            str(cfg.resume), lambda run_id: recorded_output_dir(run_id, cfg.tracking.uri)
+        )
         resumed = checkpoints.load(checkpoint_path)
         config, choices = checkpoints.resumed_config(cfg.resume, overrides, resumed)
         # This command's store, as for rerun=: a recorded URI could send the login to another host.

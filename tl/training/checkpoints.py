@@ -146,14 +146,9 @@ def load(path: Path) -> TrainingState:
     return TrainingState(**{name: saved[name] for name in names & saved.keys()})
 
 
-def locate(cfg: DictConfig, output_dir_of: Callable[[str], str]) -> Path:
-    """`resume=` as a checkpoint file, a run's output folder, or an MLflow run id (`output_dir_of` finds its folder)."""
-    if cfg.get("rerun"):
-        raise TLError("rerun= and resume= are both set: rerun starts a new run, resume continues one; choose one")
-    return _locate(str(cfg.resume), output_dir_of)
-
-
-def _locate(resume: str, output_dir_of: Callable[[str], str]) -> Path:
+def locate(resume: str, output_dir_of: Callable[[str], str]) -> Path:
+    """`resume=` as a checkpoint file, a run's output folder, or an MLflow run id (`output_dir_of` finds its folder).
+    (`rerun=` with `resume=` is refused earlier, by the config's checks.)"""
     candidate = Path(resume).expanduser()
     if candidate.is_file():
         return candidate
@@ -165,7 +160,7 @@ def _locate(resume: str, output_dir_of: Callable[[str], str]) -> Path:
             "so this run finished, or ended before its first epoch did"
         )
     if RUN_ID.fullmatch(resume):
-        return _locate(output_dir_of(resume), output_dir_of)
+        return locate(output_dir_of(resume), output_dir_of)
     raise TLError(f"resume={resume}: not a checkpoint file, a run's output folder or an MLflow run id")
 
 
