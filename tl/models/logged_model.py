@@ -72,9 +72,7 @@ def log_model(
         warnings.catch_warnings(),
         tempfile.TemporaryDirectory() as folder,
         _no_requirements_check(),
-        # MLflow runs the pyfunc's file once as it saves it, before its code folder is on the import path:
-        # its `import archive_check` then finds tl's own.
-        mock.patch.dict(sys.modules, {"archive_check": archive_check}),
+        _archive_check_importable(),
     ):
         # torch.export's archive writer warns about shared weights that are already on the CPU.
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
@@ -126,6 +124,22 @@ class _PyfuncAndPytorch:
 
 def _version(module: str) -> str:
     return __import__(module).__version__.split("+")[0]
+
+
+@contextlib.contextmanager
+def _archive_check_importable() -> Iterator[None]:
+    """MLflow runs the pyfunc's file once as it saves it, before the model's code folder is on the import
+    path: its `import archive_check` then finds tl's own. Only that name is added to `sys.modules` and taken
+    out again (patching the whole dict would also drop every module imported meanwhile, such as the torch
+    modules `torch.export` loads, and importing those a second time fails)."""
+    added = "archive_check" not in sys.modules
+    if added:
+        sys.modules["archive_check"] = archive_check
+    try:
+        yield
+    finally:
+        if added:
+            sys.modules.pop("archive_check", None)
 
 
 @contextlib.contextmanager
