@@ -152,7 +152,7 @@ def test_runs_of_abandoned_trials_and_of_dead_processes_end_failed_and_others_ar
     assert "stopped while it ran" in client.get_run(ids["dead here"]).data.tags["tl.error"]
 
 
-def test_each_jobs_result_is_told_and_failed_or_valueless_jobs_fail_their_trials():
+def test_each_jobs_result_is_told_and_failed_or_valueless_jobs_fail_their_trials(caplog):
     study = optuna.create_study(direction="maximize")
     trials = [study.ask(SPACE) for _ in range(5)]
     jobs = [JobReturn(status=JobStatus.COMPLETED, _return_value=value) for value in (0.5, float("nan"), None)]
@@ -160,8 +160,14 @@ def test_each_jobs_result_is_told_and_failed_or_valueless_jobs_fail_their_trials
     study.tell(trials[4], state=TrialState.FAIL)  # failed meanwhile by another sweeper: not told twice
     jobs += [JobReturn(status=JobStatus.COMPLETED, _return_value=0.7)]
     search = optuna_search.OptunaSearch(None, "maximize", None, "s", 5, 5, 1.0, None, None)
-    search._tell(study, trials, jobs)
+    with caplog.at_level("WARNING", logger="tl"):
+        search._tell(study, trials, jobs)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] + [TrialState.FAIL] * 4
+    assert [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()] == [
+        "trial 1 failed: it returned nan, not a finite number",
+        "trial 2 failed: it returned None, not a finite number",
+        "trial 3 failed: diverged",
+    ]
     assert study.trials[0].value == 0.5
     with pytest.raises(RuntimeError, match="diverged"):  # more failed than max_failure_rate allows
         optuna_search.OptunaSearch(None, "maximize", None, "s", 1, 1, 0.0, None, None)._tell(
@@ -251,11 +257,13 @@ def test_two_sweepers_started_at_once_share_a_postgresql_study_and_a_new_mlflow_
     command = [sys.executable, str(ROOT / "run.py"), *args]
     sweepers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True) for _ in range(2)]  # fmt: skip
+    stderrs = []
     for sweeper in sweepers:
         _, stderr = sweeper.communicate(timeout=600)
         assert sweeper.returncode == 0, stderr[-3000:]
         assert "OperationalError" not in stderr
-    assert trial_states(storage) == ["COMPLETE"] * 6
+        stderrs.append(stderr)
+    assert trial_states(storage) == ["COMPLETE"] * 6, "\n".join(s[-3000:] for s in stderrs)
     assert_every_trial_has_one_run_and_the_best_is_tagged(storage, mlflow_uri)
     parents = [r for r in runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 2 and all(p.data.tags[STUDY_TAG] == "shared" for p in parents)

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from tl.core.errors import TLError
+from tl.core.errors import TLError, first_line
 from tl.sweeps import studies
 from tl.tracking.processes import end_abandoned, this_process
 from tl.tracking.runs import ERROR_TAG, PARENT_RUN_ENV, PROCESS_TAG, tag_value
@@ -165,6 +165,7 @@ class OptunaSearch:
             else:
                 told = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 failed += 1
+                log.warning("trial %d failed: %s", trial.number, _failure(job))
             if scored and told.state == TrialState.FAIL:
                 # Failed by another sweeper meanwhile (it found the trial's heartbeat stale): its value is lost.
                 log.warning("trial %d had been failed by another sweeper before it ended; its value %s is not kept",
@@ -172,6 +173,15 @@ class OptunaSearch:
         if failed / len(batch) > self.max_failure_rate:
             for job in batch:
                 job.return_value  # noqa: B018 (JobReturn raises the failed job's error, with its traceback)
+
+
+def _failure(job: JobReturn) -> str:
+    """Why a job gave no score, in one line: its error, or the value it returned."""
+    try:
+        value = job.return_value  # JobReturn raises the failed job's error
+    except Exception as error:
+        return first_line(error)
+    return f"it returned {value!r}, not a finite number"
 
 
 def _overrides(trial: optuna.Trial, fixed: list[str]) -> list[str]:
