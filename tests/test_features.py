@@ -143,3 +143,24 @@ def test_the_feature_pass_batch_shrinks_with_the_image_area_on_a_cpu():
     assert features.extract_batch_size(cpu, 112 * 112) == 32
     assert features.extract_batch_size(cpu, 32 * 32) == 64 and features.extract_batch_size(cpu, 512 * 512) == 2
     assert features.extract_batch_size(gpu, 224 * 224) == 64
+
+
+def test_the_probe_is_a_deterministic_regularised_logistic_regression():
+    generator = torch.Generator().manual_seed(0)
+    rule = torch.randn(16, 4, generator=generator)  # four classes, linearly separable
+    train_x, val_x = torch.randn(1000, 16, generator=generator), torch.randn(50, 16, generator=generator)
+    train, val = (train_x, (train_x @ rule).argmax(1)), (val_x, (val_x @ rule).argmax(1))
+
+    def probe(weight_decay: float) -> tuple[torch.nn.Linear, object]:
+        torch.manual_seed(1)
+        head = torch.nn.Linear(16, 4)
+        return head, features.fit_probe(head, train, val, weight_decay=weight_decay, steps=100)
+
+    head, predictions = probe(1e-3)
+    assert (predictions.predicted == val[1]).float().mean() >= 0.9
+    again, repeated = probe(1e-3)
+    assert torch.equal(head.weight, again.weight) and torch.equal(predictions.logits, repeated.logits)
+    strong, _ = probe(1.0)
+    assert strong.weight.norm() < head.weight.norm() / 3  # the penalty shrinks the weights
+    with torch.no_grad():
+        torch.testing.assert_close(head(val[0]), predictions.logits)

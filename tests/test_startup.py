@@ -40,7 +40,7 @@ def test_help_is_tls_page_with_its_commands_groups_and_flags_before_anything_hea
     assert stdout.startswith("tl: transfer learning experiments")
     for command in ("python run.py -m strategy=finetune,frozen", "rerun=RUN_ID", "resume=", "mlflow ui"):
         assert command in stdout
-    assert "strategy: finetune, frozen, gradual, partial" in stdout  # Hydra's $APP_CONFIG_GROUPS
+    assert "strategy: finetune, frozen, gradual, lpft, partial" in stdout  # Hydra's $APP_CONFIG_GROUPS
     assert "+experiment:" in stdout and "--cfg,-c" in stdout  # the presets, Hydra's $FLAGS_HELP
 
 

@@ -3,8 +3,13 @@
 import pytest
 import torch
 
+from tests.helpers import make_image_folder
+from tl.data.folders import image_folder
 from tl.models.backbones import efficientnet_lite0
-from tl.training.strategies import Finetune, Frozen, Gradual, Partial
+from tl.training.strategies import Finetune, Frozen, Gradual, Partial, ProbeThenFinetune
+from tl.training.trainer import Trainer
+
+FEATURE_PASS = Trainer(epochs=1, device="cpu", precision="32", progress=False).feature_pass()
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -116,3 +121,30 @@ def test_gradual_trains_head_first_then_everything_with_lower_backbone_lr(model)
     moved = changed(before, model)
     assert "conv_stem.weight" in moved and "blocks.3.0.conv_pw.weight" in moved
     assert names_of(model, [model.head]) <= moved
+
+
+def test_probe_then_finetune_fits_the_head_on_cached_features_then_trains_every_weight(model, tmp_path):
+    data = image_folder(str(make_image_folder(tmp_path / "data")), batch_size=4, image_size=32)
+    train_loader, val_loader = data.loaders(model.preprocess, seed=0)
+    strategy = ProbeThenFinetune(probe_weight_decay=1e-3, probe_steps=50, backbone_lr_mult=0.1)
+    before = snapshot(model.network)
+    fitted, train, val = strategy.fit_inputs(model, data, train_loader, val_loader, FEATURE_PASS)
+    assert fitted is model and (train, val) == (train_loader, val_loader)  # fine-tuning reads the images
+    assert changed(before, model) == names_of(model, [model.head])  # the probe moved the head alone
+    start = strategy.validated_start()
+    assert start is not None and len(start.labels) == len(val_loader.dataset)
+    with torch.no_grad():  # the probe's predictions are the handed-over model's own
+        images = torch.stack([val_loader.dataset[i][0] for i in range(len(val_loader.dataset))])
+        torch.testing.assert_close(model.network.eval()(images), start.logits, rtol=1e-4, atol=1e-4)
+
+    optimizer = optimizer_for(strategy, model, lr=0.1)
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == {"backbone": pytest.approx(0.01), "head": 0.1}
+    before = snapshot(model.network)
+    train_steps(model, strategy, 0, optimizer)
+    moved = changed(before, model)
+    assert "conv_stem.weight" in moved and "blocks.3.0.conv_pw.weight" in moved
+    assert names_of(model, [model.head]) <= moved
+
+
+def test_other_strategies_hand_over_an_untrained_model():
+    assert all(s.validated_start() is None for s in (Finetune(), Frozen(), Partial(n=1), Gradual()))

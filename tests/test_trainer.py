@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tl.core.errors import TLError
+from tl.core.metrics import Predictions
 from tl.models.backbones import Preprocess, TransferModel
 from tl.training import checkpoints
 from tl.training.checkpoints import Checkpoint
@@ -49,13 +50,16 @@ class Recorder:
         self.states.append(copy.deepcopy(self.network.state_dict()))
 
 
-def fit(model, epochs=4, lr=0.5, schedule=step, fill=None, precision="32", checkpoint=None, **trainer_options):
-    optimizer = torch.optim.SGD(Finetune().param_groups(model, lr), lr=lr, momentum=0.9)
+def fit(
+    model, epochs=4, lr=0.5, schedule=step, fill=None, precision="32", checkpoint=None, strategy=None, **trainer_options
+):
+    strategy = strategy or Finetune()
+    optimizer = torch.optim.SGD(strategy.param_groups(model, lr), lr=lr, momentum=0.9)
     train, val = loaders(fill=fill)
     recorder = Recorder(model.network)
     trainer = Trainer(epochs=epochs, device="cpu", precision=precision, progress=False, **trainer_options)
     schedule = schedule(optimizer, epochs, len(train))
-    result = trainer.fit(model, Finetune(), optimizer, schedule, train, val, recorder, checkpoint=checkpoint)
+    result = trainer.fit(model, strategy, optimizer, schedule, train, val, recorder, checkpoint=checkpoint)
     return result, recorder, optimizer
 
 
@@ -143,6 +147,56 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_run(
     assert without_timings(enumerate(resumed.history)) == without_timings(enumerate(uninterrupted.history))
     assert (resumed.best_value, resumed.best_epoch) == (uninterrupted.best_value, uninterrupted.best_epoch)
     assert torch.equal(resumed.best_predictions.logits, uninterrupted.best_predictions.logits)
+
+
+class TrainedAlready(Finetune):
+    """A strategy that hands over a model it has trained already, with these validation predictions."""
+
+    def __init__(self, start: Predictions) -> None:
+        self.start = start
+
+    def validated_start(self) -> Predictions:
+        return self.start
+
+
+def perfect_start() -> Predictions:
+    """Predictions on loaders()'s validation set that no epoch on constant images can beat."""
+    labels = torch.cat([labels for _, labels in loaders()[1]])
+    return Predictions(torch.nn.functional.one_hot(labels, 3).float() * 10, labels)
+
+
+def test_a_start_no_epoch_beats_is_logged_as_epoch_0_and_its_weights_are_kept():
+    model = tiny_model()
+    start = copy.deepcopy(model.network.state_dict())
+    result, recorder, _ = fit(model, epochs=2, fill=0.0, strategy=TrainedAlready(perfect_start()))
+    assert [step for step, _ in recorder.rows] == [0, 1, 2]
+    assert recorder.rows[0][1] == result.start == result.best and result.start["val_acc"] == 1.0
+    assert result.best_epoch == 0 and all(row["val_acc"] < 1.0 for row in result.history)
+    assert all(torch.equal(model.network.state_dict()[k], start[k]) for k in start)  # epoch 0's weights
+
+
+def test_a_resumed_run_keeps_epoch_0_when_no_epoch_has_beaten_it(tmp_path):
+    class Crash(Exception):
+        pass
+
+    class CrashAfter(Checkpoint):
+        def save(self, state):
+            super().save(state)
+            raise Crash
+
+    model = tiny_model()
+    start = copy.deepcopy(model.network.state_dict())
+    with pytest.raises(Crash):
+        fit(model, epochs=2, fill=0.0, strategy=TrainedAlready(perfect_start()),
+            checkpoint=CrashAfter(tmp_path / "last.pt", {"run_id": "abc", "config": ""}))  # fmt: skip
+    state = checkpoints.load(tmp_path / "last.pt")
+    assert (state.epochs_done, state.best_epoch) == (1, 0)
+    model = tiny_model()
+    resumed, recorder, _ = fit(model, epochs=2, fill=0.0, strategy=Finetune(),
+                               checkpoint=Checkpoint(tmp_path / "next.pt", resume_from=state))  # fmt: skip
+    assert [step for step, _ in recorder.rows] == [2]
+    assert resumed.best_epoch == 0 and resumed.best == resumed.start and resumed.best["val_acc"] == 1.0
+    assert all(torch.equal(model.network.state_dict()[k], start[k]) for k in start)
 
 
 def test_a_checkpoint_holds_the_last_and_the_best_weights_and_writes_them_once_when_they_are_the_same(tmp_path):

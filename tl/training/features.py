@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from tl.core.critical_sections import one_at_a_time
+from tl.core.metrics import Predictions
 from tl.core.provenance import state_dict_sha256
 from tl.models.backbones import TransferModel
 from tl.training.checkpoints import atomic_save
@@ -108,6 +110,39 @@ class FeaturePass:
 def head_only(model: TransferModel) -> TransferModel:
     """The head as a model of its own, for the trainer: training it trains `model`'s head (the same module)."""
     return TransferModel(model.head, model.head, [], model.preprocess, model.weights, model.weights_sha256)
+
+
+def fit_probe(
+    head: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    weight_decay: float,
+    steps: int,
+) -> Predictions:
+    """Fit `head` on cached (features, labels): a multinomial logistic regression, as scikit-learn's, by
+    full-batch L-BFGS on the cross-entropy plus `weight_decay / 2` times its weights' squared norm, for at
+    most `steps` iterations. Deterministic, and without a learning rate or epochs to choose. The head's
+    predictions on the `val` features."""
+    features, labels = train[0].float(), train[1]
+    head.float().eval().requires_grad_(True)  # eval: no dropout in a head that has some
+    weights = [parameter for parameter in head.parameters() if parameter.dim() > 1]  # biases are not penalised
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        penalty = sum(weight.pow(2).sum() for weight in weights)
+        loss = F.cross_entropy(head(features), labels) + weight_decay / 2 * penalty
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        logits = head(val[0].float())
+    predictions = Predictions(logits, val[1])
+    log.info("linear probe on the cached features: val acc %.4f", (predictions.predicted == val[1]).float().mean())
+    return predictions
 
 
 def cache_key(

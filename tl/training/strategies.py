@@ -10,13 +10,14 @@ Frozen modules stay in eval mode, so their BatchNorm running statistics do not d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.data import DataLoader
 
 from tl.core.errors import TLError
+from tl.core.metrics import Predictions
 from tl.models.backbones import TransferModel
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ class Strategy(ABC):
         A strategy may replace them (`Frozen` trains its head on cached features, computed as `feature_pass`
         says)."""
         return model, train_loader, val_loader
+
+    def validated_start(self) -> Predictions | None:
+        """The model's validation predictions as `fit_inputs` handed it over, when the strategy has trained it
+        already (a linear probe): the fit's epoch 0, whose weights are kept if no epoch beats them."""
+        return None
 
 
 def _train_only(model: TransferModel, trainable: list[nn.Module]) -> None:
@@ -160,3 +166,56 @@ class Gradual(Strategy):
     def start_epoch(self, model: TransferModel, epoch: int) -> None:
         """The head alone for the first `freeze_epochs` epochs, then the whole network."""
         _train_only(model, [model.head] if epoch < self.freeze_epochs else [model.network])
+
+
+@dataclass
+class ProbeThenFinetune(Strategy):
+    """Linear probing, then fine-tuning (LP-FT, Kumar et al., ICLR 2022): the head is first fitted on the
+    frozen backbone's cached features (a logistic regression, seconds), then every weight trains from it,
+    the backbone at `lr * backbone_lr_mult`. Fine-tuning from a head that already fits does not distort
+    the pretrained features with a random head's large gradients. The probe is the fit's epoch 0: its
+    weights are kept when no fine-tuning epoch beats them (data close to ImageNet, where the tutorial's
+    frozen scenario wins)."""
+
+    probe_weight_decay: float = 1e-3
+    probe_steps: int = 100
+    backbone_lr_mult: float = 1.0
+    cache_dir: str | None = None
+    probe: Predictions | None = field(default=None, init=False, repr=False)
+
+    def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
+        """Two groups: the backbone at `lr * backbone_lr_mult`, the head at `lr`."""
+        return [
+            {"params": model.backbone_parameters(), "lr": lr * self.backbone_lr_mult, "name": "backbone"},
+            {"params": list(model.head.parameters()), "lr": lr, "name": "head"},
+        ]
+
+    def start_epoch(self, model: TransferModel, epoch: int) -> None:
+        """Every module trains."""
+        _train_only(model, [model.network])
+
+    def fit_inputs(
+        self,
+        model: TransferModel,
+        data: ImageFolderData,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        feature_pass: FeaturePass,
+    ) -> tuple[TransferModel, DataLoader, DataLoader]:
+        """The probe, on features computed (or loaded from `cache_dir`) as `feature_pass` says; then the
+        whole model, on the image loaders."""
+        from tl.training import features
+
+        train_features, val_features = features.cached_loaders(
+            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, feature_pass,
+            self.cache_dir, data.fingerprint().sha256,
+        )  # fmt: skip
+        self.probe = features.fit_probe(
+            model.head, train_features.dataset.tensors, val_features.dataset.tensors,
+            self.probe_weight_decay, self.probe_steps,
+        )  # fmt: skip
+        return model, train_loader, val_loader
+
+    def validated_start(self) -> Predictions | None:
+        """The probe's predictions on the validation features."""
+        return self.probe

@@ -61,11 +61,14 @@ class FitResult:
     tta: bool = False  # validated with test-time augmentation (and served with it)
     stopped: str | None = None  # why the fit stopped before its last epoch (tl/training/stopping.py), if it did
     stopping: dict[str, float] = field(default_factory=dict)  # the epochs done and the budget's seconds
+    # Epoch 0: the validation metrics of the model as the strategy handed it over, when it had trained it
+    # already (a linear probe: Strategy.validated_start); best_epoch 0 then means those weights were kept.
+    start: dict[str, float] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, float]:
         """The best epoch's metrics."""
-        return self.history[self.best_epoch - 1] if self.best_epoch else {}
+        return self.history[self.best_epoch - 1] if self.best_epoch else self.start
 
     @property
     def best_value(self) -> float:
@@ -168,6 +171,8 @@ class Trainer:
             if resume_from is not None:
                 first_epoch, best_state = self._restore(resume_from, network, optimizer, schedule, train_loader, result)
                 log.info("resuming after epoch %d/%d", first_epoch, self.epochs)
+            else:
+                self._start_from(strategy.validated_start(), result, metrics_logger)
             val_images = len(val_loader.dataset)
             for epoch in range(first_epoch, self.epochs):
                 if not self.stopping.before_epoch(epoch, result.history):
@@ -215,6 +220,16 @@ class Trainer:
                 "best %s %.4f at epoch %d; its weights are restored", self.monitor, result.best_value, result.best_epoch
             )
             return result
+
+    def _start_from(self, start: Predictions | None, result: FitResult, metrics_logger: MetricsLogger) -> None:
+        """Epoch 0, from the validation predictions of a model the strategy has trained already: logged at
+        step 0, and the best so far (when the monitored metric is a validation one)."""
+        if start is None or self.monitor not in metrics.VALIDATION_METRICS:
+            return
+        result.start, result.best_predictions = metrics.validation_metrics(start), start
+        metrics_logger.log_metrics(result.start, step=0)
+        log.info("epoch 0/%d  val loss %.4f acc %.4f (the model before the first epoch)",
+                 self.epochs, result.start["val_loss"], result.start["val_acc"])  # fmt: skip
 
     def _validation(self, images: int) -> float:
         """Seconds a validation pass over `images` will take: as the last one did; before any, as a third of
@@ -285,6 +300,8 @@ class Trainer:
         result.history, result.best_epoch = list(state.history), state.best_epoch
         if state.best_logits is not None:
             result.best_predictions = Predictions(state.best_logits, state.best_labels)
+            if state.best_epoch == 0:  # no epoch has beaten epoch 0 (Strategy.validated_start) yet
+                result.start = metrics.validation_metrics(result.best_predictions)
         return state.epochs_done, state.best_network
 
     def train_one_epoch(
