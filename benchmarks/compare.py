@@ -200,11 +200,11 @@ def fast_precision(device: str) -> str:
     return "bf16" if native_bf16_cpu() else "32"  # the rule tl's `auto` applies to the feature pass
 
 
-def timed(command: list[str], log: Path) -> tuple[float, float]:
+def timed(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and peak resident memory (MiB, the largest process of the tree) of one child run."""
     with log.open("w") as output:
         started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=log.parent)
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=log.parent, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)

@@ -228,3 +228,61 @@ def test_the_serving_benchmark_counts_the_memory_of_every_process_of_the_tree():
         holder.kill()
         holder.wait()
     assert total - before > 250 * 2**20 and largest >= 300 * 2**20
+
+
+time_to_accuracy = _benchmark_module("time_to_accuracy")
+datasets = _benchmark_module("datasets")
+
+
+@pytest.mark.parametrize("name", ["fashion", "glyphs", "shapes"])
+def test_the_benchmark_datasets_are_made_alike_everywhere_with_the_asked_images_per_class(tmp_path, name):
+    from PIL import Image
+
+    first, again = (datasets.make(name, tmp_path / folder, train=3, val=2) for folder in ("a", "b"))
+    for split, count in (("train", 3), ("val", 2)):
+        classes = sorted((first / split).iterdir())
+        assert len(classes) == 10 and all(len(list(c.iterdir())) == count for c in classes)
+    images = sorted(first.rglob("*.png"))
+    assert all(Image.open(path).size == Image.open(images[0]).size for path in images)
+    assert [path.read_bytes() for path in images] == [path.read_bytes() for path in sorted(again.rglob("*.png"))]
+    with pytest.raises(SystemExit, match="choose from fashion, glyphs, shapes"):
+        datasets.make("photos", tmp_path / "c", 1, 1)
+
+
+def test_each_arm_is_summed_up_by_its_mean_and_t_interval_and_judged_against_the_better_tutorial_scenario():
+    def runs(*pairs):
+        return [{"seed": seed, "best_val_acc": acc, "wall_s": wall} for seed, (acc, wall) in enumerate(pairs)]
+
+    summary = time_to_accuracy.summarise({
+        "tutorial/finetune": runs((0.90, 500), (0.92, 520), (0.94, 480)),
+        "tutorial/frozen": runs((0.60, 150), (0.62, 150), (0.64, 150)),
+        "tl/default": runs((0.91, 40), (0.92, 45), (0.93, 50)),  # 0.92 >= 0.92 - 0.01, 45 s <= 50 s
+        "tl/slow": runs((0.95, 60), (0.95, 60), (0.95, 60)),  # more than a tenth of 500 s
+        "tl/weak": runs((0.90, 10), (0.90, 10), (0.90, 10)),  # below 0.91
+    })  # fmt: skip
+    finetune = summary["tutorial/finetune"]
+    assert finetune["best_val_acc"] == pytest.approx(0.92) and finetune["wall_s"] == pytest.approx(500)
+    half = 4.302653 * 0.02 / 3**0.5  # Student's t at 97.5% with 2 degrees of freedom, times the standard error
+    assert finetune["interval"] == pytest.approx([0.92 - half, 0.92 + half], abs=1e-6)
+    assert summary["bar"] == {"best_val_acc_at_least": pytest.approx(0.91), "wall_s_at_most": pytest.approx(50)}
+    assert [summary[arm]["meets_bar"] for arm in ("tl/default", "tl/slow", "tl/weak")] == [True, False, False]
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_runs_the_tutorial_loop_and_tl_on_a_made_dataset_and_writes_json_and_figure(tmp_path):
+    out = tmp_path / "result.json"
+    arms = "tutorial/finetune,tutorial/frozen,tl/default"
+    command = [sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--smoke", "--datasets", "glyphs",
+               "--seeds", "0", "--arms", arms, "--out", str(out)]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    report = json.loads(out.read_text())
+    glyphs = report["datasets"]["glyphs"]
+    assert list(glyphs) == [*arms.split(","), "bar"]
+    for arm in arms.split(","):
+        (run,) = glyphs[arm]["runs"]
+        assert run["seed"] == 0 and run["wall_s"] > 1 and 0 <= run["best_val_acc"] <= 1
+        assert glyphs[arm]["interval"] is None  # one seed: no interval
+    assert glyphs["bar"]["wall_s_at_most"] == pytest.approx(glyphs["tutorial/finetune"]["wall_s"] / 10)
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "glyphs   tl/default" in finished.stdout
