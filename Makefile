@@ -12,7 +12,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tl-installed
 ARGS ?=
-PYTEST_ARGS ?=
+# The slowest 20 tests are listed at the end. (Not pytest-xdist: two tests training at once on 2 cores,
+# each with torch's threads, took longer together than one after the other.)
+PYTEST_ARGS ?= --durations=20
 # The docs plugins' banners about MkDocs 2, on every build: not ours to act on.
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true

@@ -36,7 +36,9 @@ def start_mlflow_server(
     backend_store_uri: str | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """`mlflow server` serving its own artifacts (in tmp_path), with a SQLite store in tmp_path unless
-    `backend_store_uri` is given: the process and its URL."""
+    `backend_store_uri` is given: the process and its URL. Without MLflow's job runner (the GenAI
+    features' background jobs): its half a dozen consumer processes would start with each server, and
+    tl needs none of them."""
     # A port found free can be taken by another process before the server binds it: then the server
     # exits, and it is started again on another port.
     log_path = tmp_path / "server.log"
@@ -49,7 +51,7 @@ def start_mlflow_server(
         with log_path.open("w") as log:
             server = subprocess.Popen(
                 [str(Path(sys.executable).parent / command[0]), *command[1:]], stdout=log, stderr=log,
-                cwd=tmp_path, env={**os.environ, **(env or {})},
+                cwd=tmp_path, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
             )  # fmt: skip
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while server.poll() is None and time.monotonic() < deadline:

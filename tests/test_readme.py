@@ -20,6 +20,8 @@ NOT_RUN = {
     "python run.py +experiment=tutorial_finetune": "downloads the tutorial's images and weights (internet)",
     "python run.py +experiment=tutorial_frozen": "downloads the tutorial's images and weights (internet)",
     "mlflow ui": "a server: tests/test_newcomer.py opens it in a browser",
+    "python run.py": "run as written, at full settings, by tests/test_cli.py::test_default_run_reaches_the_promised_"
+    "accuracy_and_predicts_unseen_images_alike",
 }
 SMALL = {"epochs": "1", "data.image_size": "32", "trainer.progress": "false"}
 
