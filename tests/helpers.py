@@ -56,10 +56,19 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`python run.py ARGS` (or another script of the project) as a user runs it, logging to `mlflow_uri`,
     with `env` added to this process's environment."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, **(env or {})}
-    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    env = {**user_env(mlflow_uri), **(env or {})}
     command = [sys.executable, str(project / script), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def user_env(mlflow_uri: str) -> dict[str, str]:
+    """This process's environment as a user's shell has it, logging to `mlflow_uri`: without a sweep's
+    parent run, nor pytest's PYTEST_CURRENT_TEST, which turns on MLflow's own test-time checks in its
+    store (a read-only session that writes fails) and would make a child process behave unlike a user's."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    for name in ("TL_MLFLOW_PARENT_RUN_ID", "PYTEST_CURRENT_TEST"):
+        env.pop(name, None)
+    return env
 
 
 def tiny(image_folder: Path) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny
+from tests.helpers import ROOT, assert_same_numbers, make_image_folder, run_cli, runs, tiny, user_env
 from tl.training import checkpoints
 
 pytestmark = pytest.mark.slow
@@ -113,13 +112,7 @@ def start_training(
 ) -> subprocess.Popen:
     args = [f"resume={resume}"] if resume else [*tiny(data), f"epochs={epochs}", f"hydra.run.dir={run_dir}"]
     command = [sys.executable, str(ROOT / "run.py"), *args, "trainer.progress=false"]
-    return subprocess.Popen(command, cwd=tmp_path, env=cli_env(mlflow_uri), stderr=subprocess.PIPE, text=True)
-
-
-def cli_env(mlflow_uri: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
-    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
-    return env
+    return subprocess.Popen(command, cwd=tmp_path, env=user_env(mlflow_uri), stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from tests.helpers import ROOT, run_cli, runs, tiny
+from tests.helpers import ROOT, run_cli, runs, tiny, user_env
 from tests.servers import create_database, free_port, start_mlflow_server
 from tl.core.errors import TLError
 from tl.sweeps import search as optuna_search
@@ -252,8 +252,7 @@ def test_two_sweepers_started_at_once_share_a_postgresql_study_and_a_new_mlflow_
 ):
     storage = create_database(postgres, "shared_study")
     args = search(image_folder, storage, "hydra.sweeper.n_trials=3", "epochs=1")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}  # a store that does not exist yet
-    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    env = user_env(mlflow_uri)  # a store that does not exist yet
     command = [sys.executable, str(ROOT / "run.py"), *args]
     sweepers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True) for _ in range(2)]  # fmt: skip
@@ -276,8 +275,7 @@ def test_two_sweepers_started_at_once_share_a_postgresql_study_and_a_new_mlflow_
 def test_a_sweeper_killed_mid_trial_is_continued_by_the_same_command(tmp_path, image_folder, mlflow_uri):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = search(image_folder, storage, "hydra.sweeper.n_trials=3", "epochs=3")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
-    env.pop("TL_MLFLOW_PARENT_RUN_ID", None)
+    env = user_env(mlflow_uri)
     sweeper = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
