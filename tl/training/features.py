@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from tl.core import metrics
 from tl.core.critical_sections import one_at_a_time
 from tl.core.metrics import Predictions
 from tl.core.provenance import state_dict_sha256
@@ -141,7 +142,7 @@ def fit_probe(
     with torch.no_grad():
         logits = head(val[0].float())
     predictions = Predictions(logits, val[1])
-    log.info("linear probe on the cached features: val acc %.4f", (predictions.predicted == val[1]).float().mean())
+    log.info("linear probe on the cached features: val acc %.4f", metrics.val_acc(predictions))
     return predictions
 
 

@@ -61,6 +61,32 @@ class Strategy(ABC):
         return None
 
 
+def _backbone_and_head(model: TransferModel, lr: float, backbone_lr_mult: float) -> ParamGroups:
+    """Two parameter groups: the backbone at `lr * backbone_lr_mult`, the head at `lr`."""
+    return [
+        {"params": model.backbone_parameters(), "lr": lr * backbone_lr_mult, "name": "backbone"},
+        {"params": list(model.head.parameters()), "lr": lr, "name": "head"},
+    ]
+
+
+def _cached_features(
+    model: TransferModel,
+    data: ImageFolderData,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    feature_pass: FeaturePass,
+    cache_dir: str | None,
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders of the frozen backbone's features of the training views and the validation images,
+    computed as `feature_pass` says or loaded from `cache_dir` (tl/training/features.py)."""
+    from tl.training import features  # here: only the strategies that cache features need it
+
+    return features.cached_loaders(
+        model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, feature_pass,
+        cache_dir, data.fingerprint().sha256,
+    )  # fmt: skip
+
+
 def _train_only(model: TransferModel, trainable: list[nn.Module]) -> None:
     """Put `trainable` in train mode with gradients; freeze everything else in eval mode."""
     model.network.eval()
@@ -116,10 +142,7 @@ class Frozen(Strategy):
             return model, train_loader, val_loader
         from tl.training import features
 
-        loaders = features.cached_loaders(
-            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, feature_pass,
-            self.cache_dir, data.fingerprint().sha256,
-        )  # fmt: skip
+        loaders = _cached_features(model, data, train_loader, val_loader, feature_pass, self.cache_dir)
         return features.head_only(model), *loaders
 
 
@@ -158,10 +181,7 @@ class Gradual(Strategy):
         """Two groups: the backbone at `lr * backbone_lr_mult`, the head at `lr`."""
         # The backbone group is in the optimizer from the start, but its parameters get no
         # gradient while frozen, and torch optimizers skip parameters whose grad is None.
-        return [
-            {"params": model.backbone_parameters(), "lr": lr * self.backbone_lr_mult, "name": "backbone"},
-            {"params": list(model.head.parameters()), "lr": lr, "name": "head"},
-        ]
+        return _backbone_and_head(model, lr, self.backbone_lr_mult)
 
     def start_epoch(self, model: TransferModel, epoch: int) -> None:
         """The head alone for the first `freeze_epochs` epochs, then the whole network."""
@@ -185,10 +205,7 @@ class ProbeThenFinetune(Strategy):
 
     def param_groups(self, model: TransferModel, lr: float) -> ParamGroups:
         """Two groups: the backbone at `lr * backbone_lr_mult`, the head at `lr`."""
-        return [
-            {"params": model.backbone_parameters(), "lr": lr * self.backbone_lr_mult, "name": "backbone"},
-            {"params": list(model.head.parameters()), "lr": lr, "name": "head"},
-        ]
+        return _backbone_and_head(model, lr, self.backbone_lr_mult)
 
     def start_epoch(self, model: TransferModel, epoch: int) -> None:
         """Every module trains."""
@@ -206,10 +223,9 @@ class ProbeThenFinetune(Strategy):
         whole model, on the image loaders."""
         from tl.training import features
 
-        train_features, val_features = features.cached_loaders(
-            model, data.train_views(model.preprocess), val_loader.dataset, train_loader, val_loader, feature_pass,
-            self.cache_dir, data.fingerprint().sha256,
-        )  # fmt: skip
+        train_features, val_features = _cached_features(
+            model, data, train_loader, val_loader, feature_pass, self.cache_dir
+        )
         self.probe = features.fit_probe(
             model.head, train_features.dataset.tensors, val_features.dataset.tensors,
             self.probe_weight_decay, self.probe_steps,
