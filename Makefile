@@ -12,9 +12,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tl-installed
 ARGS ?=
-# The slowest 20 tests are listed at the end. (Not pytest-xdist: two tests training at once on 2 cores,
-# each with torch's threads, took longer together than one after the other.)
-PYTEST_ARGS ?= --durations=20
+# Two pytest-xdist workers: most of a test's time is a run.py process starting (imports on one core) or
+# waiting for a server, so two tests at once fill two cores. Each process gets one torch thread
+# (OMP_NUM_THREADS=1, inherited by the run.py processes the tests start): two trainings at once with two
+# threads each on two cores took longer than one after the other. Tests that share a module fixture carry
+# an xdist_group mark and run on one worker (--dist loadgroup). The slowest 20 tests are listed at the end.
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=20
 # The docs plugins' banners about MkDocs 2, on every build: not ours to act on.
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
@@ -71,8 +74,8 @@ docs-serve: $(INSTALLED)
 
 # pytest exits 5 when it collected no test: a failure here, as any other.
 pytest: $(INSTALLED)
-	@echo "$(BIN)/pytest $(PYTEST_ARGS)"; \
-	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	@echo "OMP_NUM_THREADS=1 $(BIN)/pytest $(PYTEST_ARGS)"; \
+	status=0; OMP_NUM_THREADS=1 $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
 

@@ -37,6 +37,7 @@ ROOT = Path(__file__).parent  # the project: its git state is recorded with ever
 def train(cfg: DictConfig, processes: Processes) -> float:
     """One run, step by step: the config in effect, the parts built from it, the fit, the results logged."""
     from tl.core import distributed, numerics, provenance  # after main's checks: see HEAVY above
+    from tl.sweeps import pruning
     from tl.tracking import reproduce
     from tl.training import lr_finder
 
@@ -45,7 +46,8 @@ def train(cfg: DictConfig, processes: Processes) -> float:
     cfg = run.config
     check_config(cfg)
     # First: its settings are checked before any work; its time budget counts from the command's start.
-    trainer = instantiate(cfg.trainer, processes=processes, started=STARTED)
+    judge = pruning.trial_judge(HydraConfig.get().sweeper.get("pruner"), cfg.epochs)  # in a search that prunes
+    trainer = instantiate(cfg.trainer, processes=processes, started=STARTED, judge=judge)
     numerics.seed_everything(cfg.seed + processes.rank)  # each process draws its own augmentations
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, num_classes=len(data.classes))

@@ -5,7 +5,9 @@ Each JSON file the benchmark scripts wrote becomes a section of `benchmark-resul
 The kind of result is told from the JSON's shape, not its name:
 - `results` with an `arm` per row: benchmarks/compare.py, tl against the tutorial's own loop;
 - `runs` and `tutorial_start`: benchmarks/overhead.py, where a run's time goes;
-- `memory` and `rounds`: benchmarks/serving.py, the served model against predict.py.
+- `memory` and `rounds`: benchmarks/serving.py, the served model against predict.py;
+- `datasets` and `settings.arms`: benchmarks/time_to_accuracy.py, the best model per minute;
+- `searches` and `bar`: benchmarks/pruning.py, what pruning saves.
 Anything else, or a file of a known kind missing a figure, gets a generic rendering (its scalars, and
 its lists of records as tables); a file that is not JSON is named as such. Neither breaks the build.
 """
@@ -198,6 +200,49 @@ def render_serving(report: dict) -> str:
     return "\n".join(lines)
 
 
+def render_time_to_accuracy(report: dict) -> str:
+    """benchmarks/time_to_accuracy.py: per dataset and arm, the mean best accuracy, its interval and the
+    wall time, and whether the arm meets issue 26's bar."""
+    settings = report["settings"]
+    rows = []
+    for dataset, arms in report["datasets"].items():
+        for arm, result in arms.items():
+            if arm == "bar":
+                continue
+            interval = "{:.3f}-{:.3f}".format(*result["interval"]) if result.get("interval") else "-"
+            verdict = {True: "met", False: "missed"}.get(result.get("meets_bar"), "-")
+            overrides = settings["arms"].get(arm, "")
+            rows.append([dataset, arm, overrides, f"{result['best_val_acc']:.3f}", interval,
+                         f"{result['wall_s']:.0f} s", len(result["runs"]), verdict])  # fmt: skip
+    header = ["dataset", "arm", "settings", "best val acc (mean)", "95% interval", "wall (mean)", "seeds", "bar"]
+    return "\n".join([
+        f"{settings['model']}, {settings['train_per_class']} training and {settings['val_per_class']} validation "
+        f"images per class, {settings['image_size']} px; the tutorial's loop: {settings['tutorial_epochs']} epochs, "
+        f"batch {settings['batch_size_tutorial']}. " + machine_line(report.get("machine", {})),
+        "",
+        table(header, rows, numeric_from=3),
+        "",
+        "*bar*: at least the better tutorial scenario's mean best accuracy less 1 point, in at most a tenth of the "
+        "tutorial fine-tuning's wall time (whole processes).",
+    ])  # fmt: skip
+
+
+def render_pruning(report: dict) -> str:
+    """benchmarks/pruning.py: the same search with and without the pruner."""
+    settings, bar = report["settings"], report["bar"]
+    rows = [[name, f"{s['wall_s']:.0f} s", s["trials"], s["pruned"], f"{s['best_val_acc']:.3f}",
+             "{:.3f}-{:.3f}".format(*s["interval"])] for name, s in report["searches"].items()]  # fmt: skip
+    return "\n".join([
+        f"`{settings['dataset']}`, {settings['trials']} trials of {settings['epochs']} epochs, "
+        f"{settings['image_size']} px. " + machine_line(report.get("machine", {})),
+        "",
+        table(["search", "wall", "trials", "pruned", "best val acc", "its 95% interval"], rows),
+        "",
+        f"Pruned / unpruned wall time: {bar['time_ratio']:.2f}; at most half: {bar['at_most_half_the_time']}; "
+        f"the pruned best inside the unpruned best's interval: {bar['best_within_interval']}.",
+    ])  # fmt: skip
+
+
 def scalar(value: Any) -> str:
     """A JSON value for a table cell: floats to 4 significant digits, containers as compact JSON."""
     if isinstance(value, float):
@@ -238,6 +283,10 @@ KINDS: list[tuple[str, str, Callable[[dict], bool], Callable[[dict], str]]] = [
      lambda d: isinstance(d.get("runs"), list) and "tutorial_start" in d, render_overhead),
     ("serving", "The served model against predict.py (`benchmarks/serving.py`)",
      lambda d: "memory" in d and "rounds" in d, render_serving),
+    ("time_to_accuracy", "The best model per minute (`benchmarks/time_to_accuracy.py`)",
+     lambda d: isinstance(d.get("datasets"), dict) and "arms" in d.get("settings", {}), render_time_to_accuracy),
+    ("pruning", "What pruning saves (`benchmarks/pruning.py`)",
+     lambda d: "searches" in d and "bar" in d, render_pruning),
 ]  # fmt: skip
 OTHER = "Other results"
 MEMORY_HEADER = ["predict.py on", "wall", "images/s (predicting)", "peak memory, all processes (PSS)",

@@ -286,3 +286,27 @@ def test_time_to_accuracy_runs_the_tutorial_loop_and_tl_on_a_made_dataset_and_wr
     assert glyphs["bar"]["wall_s_at_most"] == pytest.approx(glyphs["tutorial/finetune"]["wall_s"] / 10)
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "glyphs   tl/default" in finished.stdout
+
+
+pruning = _benchmark_module("pruning")
+
+
+def test_the_pruning_bar_is_half_the_time_and_the_best_inside_the_unpruned_best_interval():
+    unpruned = {"wall_s": 100.0, "best_val_acc": 0.90, "interval": [0.85, 0.94]}
+    assert pruning.verdict({"wall_s": 50.0, "best_val_acc": 0.86}, unpruned) == {
+        "time_ratio": 0.5, "at_most_half_the_time": True, "best_within_interval": True}  # fmt: skip
+    slow_and_worse = pruning.verdict({"wall_s": 60.0, "best_val_acc": 0.80}, unpruned)
+    assert not slow_and_worse["at_most_half_the_time"] and not slow_and_worse["best_within_interval"]
+
+
+@pytest.mark.slow
+def test_the_pruning_benchmark_runs_both_searches_on_a_made_dataset_and_writes_json(tmp_path):
+    out = tmp_path / "result.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "pruning.py"), "--smoke", "--out", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    report = json.loads(out.read_text())
+    for search in report["searches"].values():
+        assert search["trials"] == 2 and search["wall_s"] > 1 and 0 <= search["best_val_acc"] <= 1
+        assert search["interval"][0] <= search["best_val_acc"] <= search["interval"][1]
+    assert report["bar"]["time_ratio"] > 0

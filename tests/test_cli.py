@@ -26,6 +26,10 @@ from tl.evaluation.uncertainty import paired_t_test
 pytestmark = pytest.mark.slow
 
 
+# The tests that read frozen_run run on one pytest-xdist worker (make test runs two), which trains it once.
+ON_FROZEN_RUNS_WORKER = pytest.mark.xdist_group("frozen_run")
+
+
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, str, Path]:
     """One small `strategy=frozen` run (2 epochs, a truncated and a CMYK image among the training images),
@@ -49,6 +53,7 @@ def frozen_run_store(frozen_run, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+@ON_FROZEN_RUNS_WORKER
 def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(frozen_run, frozen_run_store):
     result, tmp_path, mlflow_uri, image_folder = frozen_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -58,7 +63,7 @@ def test_run_logs_params_per_epoch_metrics_checkpoint_and_a_loadable_model(froze
     assert run.info.run_name == ",".join([*tiny(image_folder), "epochs=2", "strategy=frozen"])
     params = run.data.params
     assert params["strategy"] == "frozen" and params["model"] == "efficientnet_lite0" and params["lr"] == "0.001"
-    assert params["data.root"] == str(image_folder) and params["optimizer.momentum"] == "0.9"
+    assert params["data.root"] == str(image_folder) and params["optimizer.weight_decay"] == "0.01"  # AdamW's
     assert "epochs=2" in run.data.tags["tl.overrides"]
     tags = run.data.tags
     assert tags["tl.env.torch"] == torch.__version__ and tags["tl.env.device"] == "cpu" and tags["tl.env.cpu"]
@@ -107,6 +112,7 @@ def not_tls(output: str) -> list[str]:
     return [line for line in output.splitlines() if not re.match(r"\[[\d :,-]+\]\[(tl[.\]]|HYDRA\])", line)]
 
 
+@ON_FROZEN_RUNS_WORKER
 def test_a_run_prints_only_tls_lines_and_keeps_other_libraries_lines_in_its_log_file(frozen_run):
     result, tmp_path, _, _ = frozen_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -277,8 +283,8 @@ def test_rerun_repeats_the_original_exactly_from_its_recorded_config(tmp_path, i
     assert first.returncode == 0, first.stderr[-3000:]
     (original,) = runs(mlflow_uri)
 
-    sgd = project / "conf" / "optimizer" / "sgd.yaml"
-    sgd.write_text(sgd.read_text().replace("momentum: 0.9", "momentum: 0.5"))
+    adamw = project / "conf" / "optimizer" / "adamw.yaml"  # the default optimizer's settings change
+    adamw.write_text(adamw.read_text().replace("weight_decay: 0.01", "weight_decay: 0.5"))
     config = project / "conf" / "config.yaml"
     config.write_text(config.read_text().replace("lr: 1e-3", "lr: 0.05").replace("seed: 0", "seed: 7"))
     again = run_cli(f"rerun={original.info.run_id}", cwd=tmp_path, mlflow_uri=mlflow_uri, project=project)
@@ -286,7 +292,7 @@ def test_rerun_repeats_the_original_exactly_from_its_recorded_config(tmp_path, i
     assert "differs" not in again.stderr
     rerun = next(r for r in runs(mlflow_uri) if r.info.run_id != original.info.run_id)
     assert rerun.data.tags["tl.rerun_of"] == original.info.run_id
-    for key in ("lr", "seed", "optimizer.momentum", "data.root", "strategy", "model"):
+    for key in ("lr", "seed", "optimizer.weight_decay", "data.root", "strategy", "model"):
         assert rerun.data.params[key] == original.data.params[key], key
     assert_same_numbers(metric_histories(rerun.info.run_id), metric_histories(original.info.run_id))
 
@@ -325,6 +331,7 @@ def test_default_run_reaches_the_promised_accuracy_and_predicts_unseen_images_al
     assert f"accuracy {accuracy:.4f}" in predicted.stderr
 
 
+@ON_FROZEN_RUNS_WORKER
 def test_predict_cli_reports_unreadable_files_and_exits_zero(tmp_path, frozen_run):
     trained, _, mlflow_uri, image_folder = frozen_run
     assert trained.returncode == 0, trained.stderr[-3000:]

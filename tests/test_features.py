@@ -61,6 +61,20 @@ def _cached(model, data, cache_dir, trainer=CPU_TRAINER):
     )
 
 
+def test_computing_the_features_leaves_torchs_random_state_as_loading_them_does(tmp_path):
+    # A run that computes the features and its rerun that loads them must draw the same augmentations after.
+    model = efficientnet_lite0(num_classes=3)
+    data = image_folder(str(make_image_folder(tmp_path / "data")), batch_size=4, image_size=32)
+    draws = []
+    for _ in ("computed", "loaded"):
+        torch.manual_seed(0)
+        _cached(model, data, tmp_path / "features")
+        draws.append(torch.rand(3))
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 1  # the second call loaded them
+    torch.manual_seed(0)
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], torch.rand(3))
+
+
 def test_features_on_disk_are_reused_by_the_next_run_instead_of_computed(tmp_path, monkeypatch):
     model = efficientnet_lite0(num_classes=3)
     data = image_folder(str(make_image_folder(tmp_path / "data")), batch_size=4, image_size=32)

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import ROOT, make_image_folder, run_cli, tiny
 from tests.mlflow_ui import CHROMIUM_FLAGS, browser_or_skip, check_sweep_in_ui, fresh_folder, mlflow_ui
 
-pytestmark = pytest.mark.slow
+# xdist_group: its tests share module fixtures (a trained run, a server, a browser): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("newcomer")]
 
 SHOTS = ROOT / "outputs" / "ui"
 SWEEP = ["-m", "strategy=finetune,frozen", "lr=1e-3,1e-2"]

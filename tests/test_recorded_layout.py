@@ -17,6 +17,8 @@ from tl.training import checkpoints
 from tl.training.checkpoints import Checkpoint
 
 RECORDED = ROOT / "tests" / "data" / "recorded_run"
+# The recorded run's choices where today's defaults differ (choices.yaml): today's run of the same config.
+RECORDED_RECIPE = ("strategy=finetune", "optimizer=sgd", "scheduler=step")
 
 
 def recorded_config(data_root: Path, epochs: int) -> dict:
@@ -37,7 +39,8 @@ def test_a_run_recorded_before_the_move_reruns_to_the_same_metrics_as_its_config
         mlflow.log_text((RECORDED / "choices.yaml").read_text(), "config/choices.yaml")
     rerun = run_cli(f"rerun={recorded.info.run_id}", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    today = run_cli(*tiny(image_folder), "epochs=2", "trainer.progress=false", cwd=tmp_path, mlflow_uri=mlflow_uri)
+    today = run_cli(*tiny(image_folder), "epochs=2", *RECORDED_RECIPE, "trainer.progress=false", cwd=tmp_path,
+                    mlflow_uri=mlflow_uri)  # fmt: skip
     assert today.returncode == 0, today.stderr[-3000:]
 
     by_tag = {r.data.tags.get("tl.rerun_of"): r for r in runs(mlflow_uri) if r.info.run_id != recorded.info.run_id}
@@ -52,7 +55,7 @@ def test_a_run_recorded_before_the_move_reruns_to_the_same_metrics_as_its_config
 def test_a_checkpoint_whose_config_names_the_old_modules_resumes_to_the_end(tmp_path, mlflow_uri):
     data, epochs = make_image_folder(tmp_path / "data", {"train": 30, "val": 6}), 3
     run_dir, checkpoint = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.pt"
-    process = start_training(tmp_path, data, mlflow_uri, run_dir, epochs=epochs)
+    process = start_training(tmp_path, data, mlflow_uri, run_dir, epochs=epochs, extra=RECORDED_RECIPE)
     wait_for(checkpoint, process)
     process.send_signal(signal.SIGKILL)
     process.wait()

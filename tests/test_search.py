@@ -25,8 +25,8 @@ from optuna.trial import TrialState
 from tests.helpers import ROOT, run_cli, runs, tiny, user_env
 from tests.servers import create_database, free_port, start_mlflow_server
 from tl.core.errors import TLError
+from tl.sweeps import pruning, studies
 from tl.sweeps import search as optuna_search
-from tl.sweeps import studies
 from tl.sweeps.search import BEST_TAG, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, TRIAL_TAG, search_space
 from tl.tracking.processes import end_runs_of_dead_processes
 from tl.tracking.runs import PARENT_RUN_ENV, PROCESS_TAG
@@ -246,6 +246,58 @@ def test_the_same_command_again_adds_trials_to_the_stored_study_and_a_mismatch_s
     assert {r.info.status for r in runs(mlflow_uri)} == {"FINISHED", "FAILED"}  # the refused sweeps' parents
 
 
+def test_a_run_outside_a_pruned_search_gets_no_judge(monkeypatch, tmp_path):
+    median = {"_target_": "optuna.pruners.MedianPruner"}
+    monkeypatch.delenv(optuna_search.TRIAL_ENV, raising=False)
+    assert pruning.trial_judge(median, 3) is None  # not a trial
+    monkeypatch.setenv(optuna_search.TRIAL_ENV, "0")
+    monkeypatch.setenv(optuna_search.STORAGE_ENV, "memory")
+    assert pruning.trial_judge(None, 3) is None  # a search without a pruner
+    url = f"journal:{tmp_path / 'optuna.log'}"
+    study = studies.open_study(studies.open_storage(url, None), "s", "maximize", SPACE, "val_acc",
+                               optuna.samplers.RandomSampler(), optuna.pruners.ThresholdPruner(lower=0.5))  # fmt: skip
+    study.ask(SPACE), study.ask(SPACE)
+    monkeypatch.setenv(optuna_search.STORAGE_ENV, url)
+    monkeypatch.setenv(optuna_search.STUDY_ENV, "s")
+    threshold = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.5}
+    judge = pruning.trial_judge(threshold, 3)
+    assert judge(1, 0.7) is None and judge(2, 0.4).startswith("pruned: ThresholdPruner judged trial 0 hopeless")
+    monkeypatch.setenv(optuna_search.TRIAL_ENV, "1")
+    last = pruning.trial_judge(threshold, 1)
+    assert last(1, 0.4) is None  # the last epoch: reported, not pruned (stopping there saves nothing)
+    first, second = optuna.load_study(study_name="s", storage=studies.open_storage(url, None)).trials
+    assert first.intermediate_values == {1: 0.7, 2: 0.4} and first.user_attrs[optuna_search.PRUNED_ATTR] == 2
+    assert second.intermediate_values == {1: 0.4} and optuna_search.PRUNED_ATTR not in second.user_attrs
+
+
+@pytest.mark.slow
+def test_a_pruner_stops_trials_after_the_epoch_it_judges_and_the_study_and_their_runs_say_pruned(
+    tmp_path, image_folder, mlflow_uri
+):
+    # A pruner that finds every value hopeless from the first epoch on: each trial stops after epoch 1 of 3.
+    pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.01}"  # after =null: replaced
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "strategy=frozen", "epochs=3",
+            *tiny(image_folder), "hydra.sweeper.pruner=null", pruner,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    result = run_cli(*args, cwd=tmp_path, mlflow_uri=mlflow_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr  # the sweeper's lines are Hydra's, on stdout
+    assert "trial 0 pruned after epoch 1" in output and "trial 1 pruned after epoch 1" in output
+    # The in-memory study went to a journal file in the sweep's folder, where the jobs reported to it.
+    study = optuna.load_study(
+        study_name="tl", storage=studies.open_storage(f"journal:{tmp_path / 'sweep' / 'optuna-journal.log'}", None)
+    )
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert all(t.intermediate_values.keys() == {1} for t in study.trials)
+    client = MlflowClient(mlflow_uri)
+    trial_runs = [r for r in runs(mlflow_uri) if TRIAL_TAG in r.data.tags]
+    assert len(trial_runs) == 2 and {r.info.status for r in trial_runs} == {"FINISHED"}
+    for run in trial_runs:
+        assert run.data.tags[optuna_search.STATE_TAG] == "PRUNED"
+        assert run.data.tags["tl.stopped_early"].startswith("pruned: ThresholdPruner judged trial")
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1]
+
+
 @pytest.mark.slow
 def test_two_sweepers_started_at_once_share_a_postgresql_study_and_a_new_mlflow_store(
     tmp_path, image_folder, mlflow_uri, postgres
@@ -274,7 +326,7 @@ def test_two_sweepers_started_at_once_share_a_postgresql_study_and_a_new_mlflow_
 @pytest.mark.slow
 def test_a_sweeper_killed_mid_trial_is_continued_by_the_same_command(tmp_path, image_folder, mlflow_uri):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = search(image_folder, storage, "hydra.sweeper.n_trials=3", "epochs=3")
+    args = search(image_folder, storage, "hydra.sweeper.n_trials=3", "epochs=3", "hydra.sweeper.pruner=null")
     env = user_env(mlflow_uri)
     sweeper = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

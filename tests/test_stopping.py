@@ -35,6 +35,19 @@ def test_patience_for_a_metric_that_should_fall():
     assert stopping.after_epoch(rows[:3], "val_loss", "min") and not stopping.after_epoch(rows, "val_loss", "min")
 
 
+def test_a_judge_hears_every_epochs_number_and_value_and_its_reason_stops_the_fit():
+    heard = []
+
+    def judge(epoch: int, value: float) -> str | None:
+        heard.append((epoch, value))
+        return "pruned: hopeless" if epoch == 3 else None
+
+    stopping = Stopping(judge=judge)
+    stopped = next(n for n in range(1, 6) if not stopping.after_epoch(ROWS[:n], "val_acc", "max"))
+    assert stopped == 3 and stopping.reason == "pruned: hopeless"
+    assert heard == [(1, 0.5), (2, 0.7), (3, 0.7)]
+
+
 def test_a_fit_with_patience_ends_early_keeps_the_best_weights_and_says_why():
     model = tiny_model()
     result, recorder, _ = fit(model, epochs=30, lr=0.5, patience=2)

@@ -146,5 +146,18 @@ def test_probe_then_finetune_fits_the_head_on_cached_features_then_trains_every_
     assert names_of(model, [model.head]) <= moved
 
 
+def test_probe_then_finetune_with_batchnorm_frozen_trains_weights_but_keeps_the_pretrained_statistics(model):
+    strategy = ProbeThenFinetune(batchnorm_frozen=True)
+    before = snapshot(model.network)
+    train_steps(model, strategy, 0, optimizer_for(strategy, model))
+    moved = changed(before, model)
+    statistics = {name for name in before if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert statistics and not moved & statistics  # the running statistics are the pretrained ones
+    assert "conv_stem.weight" in moved and "bn1.weight" in moved  # weights train, BatchNorm's scale too
+    unfrozen = ProbeThenFinetune()
+    train_steps(model, unfrozen, 0, optimizer_for(unfrozen, model))
+    assert changed(before, model) & statistics  # without it, training updates them
+
+
 def test_other_strategies_hand_over_an_untrained_model():
     assert all(s.validated_start() is None for s in (Finetune(), Frozen(), Partial(n=1), Gradual()))

@@ -345,3 +345,34 @@ def test_class_weights_weigh_each_class_by_the_inverse_of_its_share():
         assert (trainer.criterion.weight is not None) == weighted
     # The first step's loss, with the same weights: the class-weighted mean differs from the plain mean.
     assert losses[True] != pytest.approx(losses[False])
+
+
+class TargetRecorder(nn.Module):
+    """The trainer's loss, recording the targets it is given."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss, self.targets = loss, []
+
+    def forward(self, logits, targets):
+        self.targets.append(targets)
+        return self.loss(logits, targets)
+
+
+@pytest.mark.parametrize("option", ["mixup_alpha", "cutmix_alpha"])
+def test_mixup_and_cutmix_train_on_mixed_images_with_soft_targets_and_are_off_at_0(option):
+    targets = {}
+    for alpha in (0.0, 1.0):
+        trainer = Trainer(epochs=1, device="cpu", precision="32", progress=False, **{option: alpha})
+        trainer.criterion = TargetRecorder(trainer.criterion)
+        model = tiny_model()
+        train, val = loaders()
+        optimizer = torch.optim.SGD(model.network.parameters(), lr=0.1)
+        trainer.fit(model, Finetune(), optimizer, step(optimizer, 1, len(train)), train, val, Recorder(model.network))
+        targets[alpha] = trainer.criterion.targets
+    assert all(t.dim() == 1 for t in targets[0.0])  # off: the class indices
+    mixed = torch.cat(targets[1.0])
+    assert mixed.shape == (24, 3) and torch.allclose(mixed.sum(1), torch.ones(24))
+    assert ((mixed > 0) & (mixed < 1)).any()  # some targets are a blend of two classes
+    with pytest.raises(TLError, match=f"trainer.{option}=-1"):
+        Trainer(epochs=1, device="cpu", **{option: -1})

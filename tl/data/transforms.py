@@ -10,7 +10,7 @@ from tl.models.backbones import Preprocess
 # The evaluation transform is part of the logged model (it travels with it), so it lives there.
 from tl.models.pyfunc_model import eval_transform, to_normalised_tensor
 
-__all__ = ["eval_transform", "train_transform"]
+__all__ = ["batch_mixing", "eval_transform", "train_transform"]
 
 
 def train_transform(preprocess: Preprocess, crop_scale: tuple[float, float]) -> v2.Compose:
@@ -23,3 +23,15 @@ def train_transform(preprocess: Preprocess, crop_scale: tuple[float, float]) -> 
             *to_normalised_tensor(preprocess),
         ]
     )
+
+
+def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
+    """MixUp and CutMix of training batches (torchvision's): images blended, or a patch of one pasted into
+    another, in a proportion drawn from Beta(alpha, alpha), and their labels mixed in that proportion (soft
+    targets, which the cross-entropy takes as they are). With both alphas above 0, each batch gets one of the
+    two, as timm does. None when both are 0."""
+    mixes = [mix(alpha=alpha, num_classes=num_classes)
+             for mix, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]  # fmt: skip
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

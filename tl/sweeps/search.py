@@ -6,7 +6,9 @@ fails with SQLAlchemy 2 (which MLflow needs), and Hydra's port to Optuna 4 is no
 that plugin's settings (hydra.sweeper.storage, study_name, direction, sampler, n_trials, n_jobs,
 max_failure_rate, params, with the same search-space grammar) and adds what a stored study needs:
 each command adds n_trials trials to the study; trials of a sweeper that died are marked failed; several
-sweepers can work on one study; every trial's MLflow run is tagged with its study and trial number.
+sweepers can work on one study; every trial's MLflow run is tagged with its study and trial number; with a
+`pruner`, each trial reports every epoch's monitored value and stops when the pruner judges it hopeless
+(tl/sweeps/pruning.py), and is recorded as PRUNED, in the study and on its MLflow run.
 Hydra finds it as a plugin in hydra_plugins/tl_optuna_sweeper (Hydra loads plugins only from there).
 """
 
@@ -19,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -45,6 +48,8 @@ TRIAL_ENV = "TL_OPTUNA_TRIAL"
 STUDY_TAG, STORAGE_TAG, TRIAL_TAG = "tl.optuna_study", "tl.optuna_storage", "tl.optuna_trial"
 STUDY_ID_TAG = "tl.optuna_study_id"  # what finds a study's runs: machines may name its storage differently
 BEST_TAG = "tl.best_in_study"
+STATE_TAG = "tl.optuna_state"  # on a trial's run when the study recorded it other than COMPLETE: PRUNED
+PRUNED_ATTR = "tl.pruned_at_epoch"  # on a trial the pruner stopped: after which epoch (tl/sweeps/pruning.py)
 
 
 def search_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
@@ -98,6 +103,7 @@ class OptunaSearch:
     max_failure_rate: float
     params: dict[str, str] | None
     heartbeat_interval: int | None
+    pruner: Any = None
     config: DictConfig | None = field(default=None, init=False)  # the sweep's, from `setup`
 
     def __post_init__(self) -> None:
@@ -119,16 +125,26 @@ class OptunaSearch:
             sys.exit(f"error: {error}")  # Hydra would print a traceback for an exception
 
     def _sweep(self, arguments: list[str]) -> list[JobReturn]:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" line: tl logs the study's
         space, fixed = search_space([*(f"{key}={value}" for key, value in self.params.items()), *arguments])
-        storage = studies.open_storage(self.storage, self.heartbeat_interval)
-        # Hydra instantiates the plugin's settings recursively: the sampler comes built, unless given otherwise.
-        sampler = self.sampler if isinstance(self.sampler, optuna.samplers.BaseSampler) else instantiate(self.sampler)
+        # Hydra instantiates the plugin's settings recursively: sampler and pruner come built, unless given otherwise.
+        sampler = _built(self.sampler)
+        pruner = _built(self.pruner)
+        storage_url = self.storage
+        if storage_url is None and pruner is not None:
+            # The trials report each epoch to the study from their jobs, which may run in other processes: the
+            # study goes to a journal file in the sweep's folder instead of this process's memory.
+            Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+            storage_url = f"{studies.JOURNAL_PREFIX}{Path(self.config.hydra.sweep.dir) / 'optuna-journal.log'}"
+        storage = studies.open_storage(storage_url, self.heartbeat_interval)
         if self.storage is not None:
             # A stored study is continued by later commands and shared by other sweepers: with the same
             # seed, each of them would propose the same values again.
             sampler.reseed_rng()
-        study = studies.open_study(storage, self.study_name, self.direction, space, self.config.monitor, sampler)
-        location, uid = studies.storage_location(self.storage), studies.study_id(study)
+        study = studies.open_study(
+            storage, self.study_name, self.direction, space, self.config.monitor, sampler, pruner
+        )
+        location, uid = studies.storage_location(storage_url), studies.study_id(study)
         os.environ.update({STUDY_ENV: study.study_name, STORAGE_ENV: location, STUDY_ID_ENV: uid})
         _tag_parent({STUDY_TAG: study.study_name, STORAGE_TAG: location, STUDY_ID_TAG: uid})
         abandoned = studies.fail_abandoned_trials(study)
@@ -157,10 +173,18 @@ class OptunaSearch:
     def _tell(self, study: optuna.Study, trials: list[optuna.Trial], batch: Sequence[JobReturn]) -> None:
         """Tell the study each trial's value, or that it failed; stop when more failed than max_failure_rate."""
         failed = 0
+        # As stored now: a trial's jobs may have marked it pruned (optuna.Trial.user_attrs is a cached copy).
+        stored = {t.number: t for t in study.get_trials(deepcopy=False)}
         for trial, job in zip(trials, batch, strict=True):
             value = job.return_value if job.status == JobStatus.COMPLETED else None
             scored = isinstance(value, (int, float)) and math.isfinite(value)  # a diverged run returns nan
-            if scored:
+            pruned_at = stored[trial.number].user_attrs.get(PRUNED_ATTR) if scored else None
+            if pruned_at is not None:
+                # Optuna keeps a pruned trial's last reported value; its run keeps its best epoch's weights.
+                told = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                log.info("trial %d pruned after epoch %d", trial.number, pruned_at)
+                _tag_trial_run(study, trial.number, {STATE_TAG: "PRUNED"})
+            elif scored:
                 told = study.tell(trial, float(value), skip_if_finished=True)
             else:
                 told = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -182,6 +206,15 @@ def _failure(job: JobReturn) -> str:
     except Exception as error:
         return first_line(error)
     return f"it returned {value!r}, not a finite number"
+
+
+def _built(setting: Any) -> Any:
+    """A sampler or pruner setting as an object: built by Hydra already, or a `_target_` config, or None."""
+    return (
+        setting
+        if setting is None or isinstance(setting, (optuna.samplers.BaseSampler, optuna.pruners.BasePruner))
+        else instantiate(setting)
+    )
 
 
 def _overrides(trial: optuna.Trial, fixed: list[str]) -> list[str]:
@@ -221,6 +254,18 @@ def _end_abandoned_runs(uid: str, abandoned_trials: set[int]) -> None:
         trial = run.data.tags.get(TRIAL_TAG, "")
         if trial.isdigit() and int(trial) in abandoned_trials:
             end_abandoned(client, run)
+
+
+def _tag_trial_run(study: optuna.Study, number: int, tags: dict[str, str]) -> None:
+    """Tags on the MLflow run of trial `number` of `study`, when the sweep has a parent run."""
+    if not os.environ.get(PARENT_RUN_ENV):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for run in _study_runs(client, studies.study_id(study), f" and tags.`{TRIAL_TAG}` = '{number}'"):
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
 
 
 def _tag_best(study: optuna.Study, uid: str) -> None:

@@ -116,19 +116,24 @@ def open_study(
     space: dict[str, BaseDistribution],
     objective: str,
     sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """The study `name` in `storage`, created if new; continued only if it searches the same space for
-    the same metric in the same direction (its trials would otherwise mislead the sampler)."""
+    the same metric in the same direction (its trials would otherwise mislead the sampler). `pruner`: Optuna's
+    NopPruner when None (no trial is stopped early)."""
+    pruner = pruner or optuna.pruners.NopPruner()
     wanted = {key: json.loads(distribution_to_json(distribution)) for key, distribution in space.items()}
     if name is not None and "'" in name:  # it is matched in MLflow searches, which cannot escape one
         raise TLError(f"hydra.sweeper.study_name={name} has a quote in it; name the study without one")
     try:  # only one of several sweepers starting at once creates the study: it describes it
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction)
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction
+        )
         study.set_user_attr(SPACE_ATTR, wanted)
         study.set_user_attr(OBJECTIVE_ATTR, objective)
         study.set_user_attr(ID_ATTR, uuid.uuid4().hex)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     kept = _described(study)
     if SPACE_ATTR not in kept:  # begun by Optuna itself, not by tl: described now
         for attribute, value in ((SPACE_ATTR, wanted), (OBJECTIVE_ATTR, objective), (ID_ATTR, uuid.uuid4().hex)):

@@ -201,7 +201,10 @@ def cached_loaders(
         with one_at_a_time(path.with_suffix(".lock") if path is not None else None):
             stored = _load(path)  # computed by another job while this one waited
             if stored is None:
-                stored, computed = _compute(model, train_views, val_set, train_loader, run), True
+                # With torch's random state put back after: loading the features draws nothing from it, so a
+                # run that computes them trains exactly as one that finds them cached (a rerun, a resume).
+                with torch.random.fork_rng(devices=[]):
+                    stored, computed = _compute(model, train_views, val_set, train_loader, run), True
                 if path is not None:
                     atomic_save(stored, path)
     train, val = TensorDataset(*stored["train"]), TensorDataset(*stored["val"])

@@ -1,5 +1,5 @@
-"""When a fit stops before its last epoch: the monitored metric has stopped improving (`patience`), or the
-time the user gave it (`budget`) would run out.
+"""When a fit stops before its last epoch: the monitored metric has stopped improving (`patience`), the
+time the user gave it (`budget`) would run out, or a judge of each epoch says so (a search's pruner).
 
 The epoch loop asks `Stopping.before_epoch` whether another epoch fits the budget, `Stopping.between_steps`
 whether the current one may go on (an epoch longer than what is left is cut short and validated), and
@@ -11,10 +11,15 @@ keeps `reserve` seconds for what follows the fit: validating a cut epoch, loggin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tl.core.checks import check_value, duration_seconds
 from tl.core.errors import TLError
+
+# Asked after each epoch with its number (from 1) and the best monitored value so far (what the fit would
+# return if it stopped now): a reason to stop, or None.
+EpochJudge = Callable[[int, float], "str | None"]
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Stopping:
     budget: str | float | None = None
     reserve: float = 8.0  # seconds kept for the wrap-up after the fit
     started: float = field(default_factory=time.monotonic)
+    judge: EpochJudge | None = None  # e.g. an Optuna trial's pruner (tl/sweeps/pruning.py)
     reason: str | None = field(default=None, init=False)  # why the fit stopped early; None: it did not
 
     def __post_init__(self) -> None:
@@ -61,11 +67,22 @@ class Stopping:
         self.reason = f"budget: {self.seconds:g} s ran out during an epoch, which was cut short"
         return False
 
-    def after_epoch(self, history: list[dict[str, float]], monitor: str, direction: str) -> bool:
+    def after_epoch(
+        self, history: list[dict[str, float]], monitor: str, direction: str, best: float | None = None
+    ) -> bool:
         """Whether to go on after the epochs in `history`: no, once `patience` epochs in a row failed to beat
-        the best before them by more than `min_delta` (or a budget ran out during the epoch)."""
+        the best before them by more than `min_delta`, when the judge gives a reason, or when a budget ran out
+        during the epoch. `best`: the best value so far, for the judge (the trainer's, which counts a strategy's
+        epoch 0 too); by default the best of `history`."""
         if self.reason is not None:
             return False
+        if self.judge is not None:
+            values = [row[monitor] for row in history]
+            if best is None:
+                best = max(values) if direction == "max" else min(values)
+            self.reason = self.judge(len(history), best)
+            if self.reason is not None:
+                return False
         if self.patience is None or len(history) <= self.patience:
             return True
         values = [row[monitor] for row in history]

@@ -96,6 +96,15 @@ def _train_only(model: TransferModel, trainable: list[nn.Module]) -> None:
         module.requires_grad_(True)
 
 
+def _batchnorm_in_eval_mode(network: nn.Module) -> None:
+    """BatchNorm layers normalise with their running (pretrained) statistics and stop updating them; their
+    scale and shift still train. The probe was fitted on features made with those statistics, and a batch
+    of a few dozen images estimates them poorly."""
+    for module in network.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            module.eval()
+
+
 class Finetune(Strategy):
     """Fine-tune every weight (the tutorial's first scenario)."""
 
@@ -200,6 +209,7 @@ class ProbeThenFinetune(Strategy):
     probe_weight_decay: float = 1e-3
     probe_steps: int = 100
     backbone_lr_mult: float = 1.0
+    batchnorm_frozen: bool = False  # as before the option existed: a recorded lpft run reruns alike; the YAML says true
     cache_dir: str | None = None
     probe: Predictions | None = field(default=None, init=False, repr=False)
 
@@ -208,8 +218,10 @@ class ProbeThenFinetune(Strategy):
         return _backbone_and_head(model, lr, self.backbone_lr_mult)
 
     def start_epoch(self, model: TransferModel, epoch: int) -> None:
-        """Every module trains."""
+        """Every module trains; with `batchnorm_frozen`, BatchNorm layers keep the pretrained statistics."""
         _train_only(model, [model.network])
+        if self.batchnorm_frozen:
+            _batchnorm_in_eval_mode(model.network)
 
     def fit_inputs(
         self,

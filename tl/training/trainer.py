@@ -22,13 +22,14 @@ from tl.core.errors import TLError
 from tl.core.metrics import Predictions
 from tl.core.numerics import autocast_for, numerics, resolve_device, resolve_precision
 from tl.core.provenance import environment
+from tl.data.transforms import batch_mixing
 from tl.models.backbones import TransferModel
 from tl.models.pyfunc_model import class_probabilities
 from tl.training.averaging import WeightAverage
 from tl.training.checkpoints import Checkpoint, TrainingState, restore_rng_states, rng_states
 from tl.training.features import FeaturePass
 from tl.training.schedulers import Schedule
-from tl.training.stopping import Stopping
+from tl.training.stopping import EpochJudge, Stopping
 from tl.training.strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ def balanced_class_weights(dataset: Dataset) -> torch.Tensor:
     labels = torch.as_tensor(dataset.targets if hasattr(dataset, "targets") else dataset.tensors[1])
     counts = torch.bincount(labels).float()
     return (len(labels) / (len(counts) * counts.clamp(min=1))).float()
+
+
+def _classes(model: TransferModel) -> int:
+    """How many classes the model's head scores (a linear layer, as tl's models build it)."""
+    if not isinstance(model.head, nn.Linear):
+        raise TLError("trainer.mixup_alpha and trainer.cutmix_alpha need a model whose head is one linear layer")
+    return model.head.out_features
 
 
 class MetricsLogger(Protocol):
@@ -93,15 +101,20 @@ class Trainer:
         ema_decay: float | None = None,
         tta: bool = False,
         class_weights: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         patience: int | None = None,
         min_delta: float = 0.0,
         budget: str | float | None = None,
         started: float | None = None,
         processes: Processes | None = None,
+        judge: EpochJudge | None = None,
     ) -> None:
         self.epochs = epochs
-        # When to stop before `epochs`: see tl/training/stopping.py. `started`: when the budget's clock began.
-        self.stopping = Stopping(patience, min_delta, budget, started=time.monotonic() if started is None else started)
+        # When to stop before `epochs`: see tl/training/stopping.py. `started`: when the budget's clock began;
+        # `judge`: asked after every epoch (a search's pruner).
+        started = time.monotonic() if started is None else started
+        self.stopping = Stopping(patience, min_delta, budget, started=started, judge=judge)
         self.processes = processes or Processes()  # several under torchrun
         self.deterministic = deterministic
         self.monitor, self.direction = monitor, metrics.direction(monitor, mode)
@@ -123,6 +136,11 @@ class Trainer:
         # Label smoothing: the target puts 1 - label_smoothing on the true class and spreads the rest evenly.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.class_weights = class_weights  # weigh each class's loss by the inverse of its share of the images
+        for key, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if not alpha >= 0:
+                raise TLError(f"trainer.{key}={alpha} is not allowed: 0 (off) or a number > 0, e.g. 0.2")
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.mixing: Callable | None = None  # MixUp/CutMix of image batches, set up by `fit` (it needs the classes)
         self.tta = tta  # validate (and serve) each image with its mirror image too
         self.tta_applied = False  # whether the last validation did (not on cached feature vectors)
         self.average = WeightAverage(ema_decay)  # an EMA of the weights, validated and kept instead, if any
@@ -166,6 +184,8 @@ class Trainer:
             self.average.start(network)
             if self.class_weights:
                 self.criterion.weight = balanced_class_weights(train_loader.dataset).to(self.device)
+            if self.mixup_alpha or self.cutmix_alpha:
+                self.mixing = batch_mixing(self.mixup_alpha, self.cutmix_alpha, _classes(model))
             best_state = copy.deepcopy(network.state_dict())
             first_epoch = 0
             if resume_from is not None:
@@ -208,7 +228,7 @@ class Trainer:
                     epoch + 1, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                     row["epoch_seconds"], row["images_per_second"],
                 )  # fmt: skip
-                if not self.stopping.after_epoch(result.history, self.monitor, self.direction):
+                if not self.stopping.after_epoch(result.history, self.monitor, self.direction, result.best_value):
                     break
             result.stopped, result.stopping = self.stopping.reason, self.stopping.summary(len(result.history))
             result.tta = self.tta_applied  # the logged model answers as it was validated
@@ -327,10 +347,13 @@ class Trainer:
             if step > 1 and not keep_going():
                 break
             images, labels = self._to_device(images), labels.to(self.device, non_blocking=True)
+            targets = labels
+            if self.mixing is not None and images.dim() == 4:  # images: cached feature vectors are not mixed
+                images, targets = self.mixing(images, labels)
             optimizer.zero_grad()
             with self.autocast():
                 logits = network(images)
-                loss = self.criterion(logits, labels)
+                loss = self.criterion(logits, targets)
             if not math.isfinite(loss.item()):
                 lr = optimizer.param_groups[-1]["lr"]
                 raise TLError(
@@ -343,7 +366,7 @@ class Trainer:
             if schedule.interval == "step":
                 schedule.scheduler.step()
             total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
+            correct += (logits.argmax(1) == labels).sum().item()  # mixed images: against the first image's label
             seen += len(labels)
             self._seconds_per_image = (time.perf_counter() - started) / seen
             batches.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)  # drawn at tqdm's own pace
