@@ -29,7 +29,7 @@ class OptunaSweeperConf:
     # Seconds between a running trial's heartbeats in a database storage; a trial whose sweeper died on
     # another machine is failed by the next sweeper after two intervals without one. 0 or null: none.
     heartbeat_interval: Any = 60
-    # Stops hopeless trials early: each reports its monitored value after every epoch. null: none;
+    # Stops hopeless trials early: each reports its best monitored value after every epoch. null: none;
     # e.g. {_target_: optuna.pruners.MedianPruner}, SuccessiveHalvingPruner or HyperbandPruner.
     pruner: Any = None
 

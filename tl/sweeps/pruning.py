@@ -1,5 +1,5 @@
-"""Pruning in a search: a trial's job reports each epoch's monitored value to its Optuna trial and stops when
-the study's pruner (median, successive halving, Hyperband: hydra.sweeper.pruner) judges the trial hopeless.
+"""Pruning in a search: a trial's job reports its best monitored value after each epoch to its Optuna trial and
+stops when the study's pruner (median, successive halving, Hyperband: hydra.sweeper.pruner) judges the trial hopeless.
 
 The job runs apart from the sweeper (in its process or another), so it opens the study from the storage the
 sweeper named (tl/sweeps/search.py puts an in-memory study in a journal file when a pruner is set). A pruned
@@ -8,13 +8,10 @@ trial marks itself with the epoch it stopped after; the sweeper then tells the s
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from tl.training.stopping import EpochJudge
-
-log = logging.getLogger(__name__)
 
 
 class TrialPruning:

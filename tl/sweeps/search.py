@@ -7,7 +7,7 @@ that plugin's settings (hydra.sweeper.storage, study_name, direction, sampler, n
 max_failure_rate, params, with the same search-space grammar) and adds what a stored study needs:
 each command adds n_trials trials to the study; trials of a sweeper that died are marked failed; several
 sweepers can work on one study; every trial's MLflow run is tagged with its study and trial number; with a
-`pruner`, each trial reports every epoch's monitored value and stops when the pruner judges it hopeless
+`pruner`, each trial reports its best monitored value after every epoch and stops when the pruner judges it hopeless
 (tl/sweeps/pruning.py), and is recorded as PRUNED, in the study and on its MLflow run.
 Hydra finds it as a plugin in hydra_plugins/tl_optuna_sweeper (Hydra loads plugins only from there).
 """
